@@ -1,0 +1,35 @@
+# The venv is always .venv/ at the repo root. `make demo` and `make test` set it up on first use.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: setup demo test bench-deps clean
+
+setup: $(STAMP) $(FMNIST)
+
+$(STAMP): pyproject.toml
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Debian's real Fashion-MNIST (70k images, IDX files); installed only when missing.
+$(FMNIST):
+	@if [ ! -f $(FMNIST) ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+demo: setup
+	$(VPY) -m secateur.demo
+
+test: setup
+	$(VPY) -m pytest -n 2 --dist loadgroup
+
+bench-deps: setup
+	$(VPY) -m pip install --quiet -e '.[bench]'
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,18 @@
+"""secateur: structured pruning for real CNNs — physically smaller, measurably faster models.
+
+    graph = secateur.trace(model, x)                 # channel groups: what must be cut together
+    small = secateur.prune(model, x, secateur.criteria.L1(), target_macs=0.5)
+    stats = secateur.measure(small, x)               # params, MACs, latency, bytes on disk
+    secateur.save(small, "out/"); again = secateur.load("out/", model=fresh_model)
+"""
+from . import criteria, models
+from .graph import ChannelGroup, Graph, TraceError, trace
+from .io import LoadError, load, save
+from .measure import Stats, measure
+from .plan import Plan, Target, TargetError
+from .prune import plan_pruning, prune
+from .surgery import apply, silence
+
+__all__ = ["trace", "prune", "plan_pruning", "apply", "silence", "measure", "save", "load", "criteria",
+           "models", "Graph", "ChannelGroup", "Plan", "Target", "Stats", "TraceError", "TargetError",
+           "LoadError"]

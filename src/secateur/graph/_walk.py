@@ -1,0 +1,273 @@
+"""Runs a traced model on example inputs and records how channels flow.
+
+Every tensor a weighted layer produces gets fresh *unit ids*, one per channel. The walk follows them:
+element-wise ops tie the units of their operands together (``edges``), data-movement ops (view,
+flatten, cat, split, channel shuffle, ...) are replayed on tensors of labels so any reshaping maps
+exactly, and ops the walk does not understand freeze the units they touch. Each place a unit meets a
+weight (a conv's output rows, a consumer's input columns, a BatchNorm's entries, a bare parameter) is
+recorded as a :class:`Site`.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.fx as fx
+
+from . import _ops
+from ._movement import constrain
+from ._types import Call, Role, Site
+
+
+class InputError(ValueError):
+    """The model's forward failed on the example inputs."""
+
+
+@dataclass
+class TInfo:
+    """What the walk knows about one tensor value."""
+
+    shape: tuple[int, ...]
+    dims: tuple[int, ...] = ()          # dims that carry channel units
+    ids: np.ndarray | None = None       # unit id per channel position, shape [shape[d] for d in dims]
+    attr: str | None = None             # qualified name when the tensor is a model parameter/buffer
+
+
+@dataclass
+class Record:
+    """Everything the walk found; :mod:`.core` turns it into channel groups."""
+
+    n_ids: int = 0
+    edges: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    frozen: list[tuple[np.ndarray, str]] = field(default_factory=list)
+    sites: list[Site] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+    bn_after: dict[str, str] = field(default_factory=dict)   # conv name -> the BN that alone reads it
+
+
+def _along(t: TInfo, dim: int, size: int) -> np.ndarray | None:
+    """The unit ids along ``dim`` if channels lie exactly there (and only there), else None."""
+    dim = dim % len(t.shape)
+    if t.ids is None:
+        return None
+    if t.dims == (dim,) and t.ids.shape == (size,):
+        return t.ids
+    if t.dims == () and size == 1:
+        return t.ids.reshape(1)
+    return None
+
+
+def _flat_tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _flat_tensors(v)]
+    return []
+
+
+def _has_tensor(value) -> bool:
+    return bool(_flat_tensors(value))
+
+
+def _labels_to_info(lab: torch.Tensor) -> TInfo:
+    """Reduce a label tensor to the dims its labels vary along."""
+    dims = tuple(d for d in range(lab.ndim)
+                 if lab.shape[d] > 1 and not bool((lab == lab.narrow(d, 0, 1)).all()))
+    index = tuple(slice(None) if d in dims else 0 for d in range(lab.ndim))
+    return TInfo(tuple(lab.shape), dims, lab[index].numpy().copy())
+
+
+class Walker(fx.Interpreter):
+    """fx interpreter that computes real values and, beside them, channel units."""
+
+    def __init__(self, gm: fx.GraphModule, opaque: set[str]):
+        super().__init__(gm)
+        self.rec = Record()
+        self.info: dict[fx.Node, object] = {}
+        self.opaque = opaque
+        self._out_ids: dict[str, np.ndarray] = {}
+        self._site_of: dict[tuple[str, Role, str | None], int] = {}
+
+    # ---------------------------------------------------------------- unit bookkeeping
+    def fresh(self, n: int) -> np.ndarray:
+        ids = np.arange(self.rec.n_ids, self.rec.n_ids + n, dtype=np.int64)
+        self.rec.n_ids += n
+        return ids
+
+    def tie(self, a: np.ndarray, b: np.ndarray) -> None:
+        self.rec.edges.append((np.asarray(a).ravel(), np.asarray(b).ravel()))
+
+    def freeze(self, value, reason: str) -> None:
+        for t in self._tensors(value):
+            if t.ids is not None:
+                self.rec.frozen.append((t.ids.ravel(), reason))
+
+    def _tensors(self, value) -> list[TInfo]:
+        if isinstance(value, TInfo):
+            return [value]
+        if isinstance(value, (tuple, list)):
+            return [t for v in value for t in self._tensors(v)]
+        if isinstance(value, dict):
+            return [t for v in value.values() for t in self._tensors(v)]
+        return []
+
+    def new_info(self, value, reason: str | None):
+        """Fresh units for an opaque result (frozen with ``reason``), recursing into tuples."""
+        if isinstance(value, torch.Tensor):
+            dims = (1,) if value.ndim >= 2 else ((0,) if value.ndim == 1 else ())
+            ids = self.fresh(int(np.prod([value.shape[d] for d in dims], dtype=np.int64)))
+            t = TInfo(tuple(value.shape), dims, ids.reshape([value.shape[d] for d in dims]))
+            if reason:
+                self.freeze(t, reason)
+            return t
+        if isinstance(value, (tuple, list)):
+            return tuple(self.new_info(v, reason) for v in value)
+        return None
+
+    def site(self, module: str, role: Role, ids: np.ndarray, *, param: str | None = None, dim: int = 0,
+             exact: bool = True) -> None:
+        """Record a site; a module called twice reuses its weights, so its units are tied."""
+        key = (module, role, param)
+        if key in self._site_of:
+            self.tie(self.rec.sites[self._site_of[key]].ids, ids)
+            return
+        self._site_of[key] = len(self.rec.sites)
+        self.rec.sites.append(Site(module, role, np.asarray(ids).ravel(), param=param, dim=dim, exact=exact))
+
+    # ---------------------------------------------------------------- interpreter
+    def run_node(self, n: fx.Node):
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        try:
+            out = getattr(self, n.op)(n.target, args, kwargs)
+        except Exception as exc:
+            what = n.target if n.op == "call_module" else _ops.op_name(n.op, n.target)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise InputError(f"{what}: {first}") from exc
+        self.info[n] = self.analyse(n, args, kwargs, out)
+        return out
+
+    def arg_info(self, a):
+        return fx.node.map_aggregate(a, lambda x: self.info.get(x) if isinstance(x, fx.Node) else None)
+
+    def analyse(self, n: fx.Node, args, kwargs, out):
+        if n.op == "placeholder":
+            return self.new_info(out, f"model input '{n.target}'")
+        if n.op == "get_attr":
+            return TInfo(tuple(out.shape), attr=str(n.target)) if isinstance(out, torch.Tensor) else None
+        if n.op == "output":
+            self.freeze(self.arg_info(n.args), "model output")
+            return None
+        if n.op == "call_module":
+            from ._modules import analyse_module
+            return analyse_module(self, n, args, out)
+        kind = _ops.kind_of(n.op, n.target)
+        handler = getattr(self, f"_{kind}")
+        return handler(n, args, kwargs, out)
+
+    # ---------------------------------------------------------------- op handlers
+    def _ignore(self, n, args, kwargs, out):
+        return None
+
+    def _unknown(self, n, args, kwargs, out, why: str | None = None):
+        ins = self.arg_info((n.args, n.kwargs))
+        if not _has_tensor(out):
+            return None  # sizes, dims, Python numbers: no channels flow through them
+        reason = why or f"unsupported op {_ops.op_name(n.op, n.target)} at node '{n.name}'"
+        self.freeze(ins, reason)
+        return self.new_info(out, reason)
+
+    def _pass(self, t: TInfo, out: torch.Tensor) -> TInfo:
+        return TInfo(tuple(out.shape), t.dims, t.ids)
+
+    def _spatial(self, n, args, kwargs, out):
+        t = self.info.get(n.args[0])
+        if not isinstance(t, TInfo) or not isinstance(out, torch.Tensor) or out.ndim != len(t.shape):
+            return self._unknown(n, args, kwargs, out)
+        return self._pass(t, out)
+
+    def _pad(self, n, args, kwargs, out):
+        t = self.info.get(n.args[0])
+        pad = args[1] if len(args) > 1 else kwargs.get("pad", ())
+        first_padded = len(t.shape) - len(pad) // 2 if isinstance(t, TInfo) else 0
+        if isinstance(t, TInfo) and all(d < first_padded for d in t.dims):
+            return self._pass(t, out)
+        return self._unknown(n, args, kwargs, out, f"padding of the channel dim at node '{n.name}'")
+
+    def _softmax(self, n, args, kwargs, out):
+        t = self.info.get(n.args[0])
+        dim = args[1] if len(args) > 1 else kwargs.get("dim")
+        if isinstance(t, TInfo) and dim is not None and dim % len(t.shape) not in t.dims:
+            return self._pass(t, out)
+        return self._unknown(n, args, kwargs, out, f"softmax over channels at node '{n.name}'")
+
+    def _reduce(self, n, args, kwargs, out):
+        t = self.info.get(n.args[0])
+        dim = args[1] if len(args) > 1 else kwargs.get("dim")
+        if not isinstance(t, TInfo) or dim is None or t.ids is None:
+            return self._unknown(n, args, kwargs, out, f"reduction over all dims at node '{n.name}'")
+        rank = len(t.shape)
+        reduced = {d % rank for d in ((dim,) if isinstance(dim, int) else dim)}
+        if reduced & set(t.dims):
+            return self._unknown(n, args, kwargs, out, f"reduction over channels at node '{n.name}'")
+        keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
+        dims = t.dims if keep else tuple(d - sum(r < d for r in reduced) for d in t.dims)
+        return TInfo(tuple(out.shape), dims, t.ids)
+
+    def _elementwise(self, n, args, kwargs, out):
+        from ._elementwise import elementwise
+        return elementwise(self, n, args, kwargs, out)
+
+    def _norm(self, n, args, kwargs, out):
+        from ._elementwise import functional_norm
+        return functional_norm(self, n, args, kwargs, out)
+
+    def _movement(self, n, args, kwargs, out):
+        """Replay the call on label tensors: each output element carries its source's unit id."""
+        if n.target is operator.getitem and not isinstance(self.env.get(n.args[0]), torch.Tensor):
+            held = self.info.get(n.args[0])   # picking from a tuple (split, chunk, a module's outputs)
+            return held[args[1]] if isinstance(held, (tuple, list)) else None
+        def label(x):
+            if not isinstance(x, fx.Node):
+                return x
+            value, t = self.env[x], self.info.get(x)
+            if not isinstance(value, torch.Tensor):
+                return value
+            if not isinstance(t, TInfo) or t.ids is None:  # a constant or parameter: one frozen unit
+                t = TInfo(tuple(value.shape), (), self.fresh(1).reshape(()))
+                self.freeze(t, f"constant tensor at node '{x.name}'")
+            view = [1] * value.ndim
+            for d in t.dims:
+                view[d] = value.shape[d]
+            return torch.from_numpy(t.ids).reshape(view).expand(value.shape)
+
+        largs = fx.node.map_arg(n.args, label)
+        lkwargs = fx.node.map_arg(n.kwargs, label)
+        try:
+            if n.op == "call_method":
+                res = getattr(largs[0], n.target)(*largs[1:], **lkwargs)
+            else:
+                res = n.target(*largs, **lkwargs)
+        except Exception:  # an op that cannot run on int64 labels: be safe, freeze
+            return self._unknown(n, args, kwargs, out)
+        if any(t.dtype != torch.int64 for t in _flat_tensors(res)):
+            return self._unknown(n, args, kwargs, out)
+        infos = fx.node.map_aggregate(res, lambda r: _labels_to_info(r) if isinstance(r, torch.Tensor) else None)
+        source = next((self.info.get(a) for a in n.all_input_nodes
+                       if isinstance(self.info.get(a), TInfo)), None)
+        if source is not None:
+            why = constrain(self, n, args, kwargs, source, self._tensors(infos))
+            if why:
+                return self._unknown(n, args, kwargs, out, why)
+        return infos
+
+
+def run(gm: fx.GraphModule, example_inputs: tuple, opaque: set[str]) -> Record:
+    """Walk ``gm`` on the example inputs (eval mode, no grad) and return what it recorded."""
+    walker = Walker(gm, opaque)
+    with torch.no_grad():
+        walker.run(*example_inputs)
+    return walker.rec
+
+

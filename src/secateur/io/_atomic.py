@@ -1,0 +1,72 @@
+"""Write a directory so that readers see the old content or the complete new one, never a mix."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["atomic_dir"]
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _sibling(target: Path, suffix: str) -> Path:
+    return target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.{suffix}")
+
+
+@contextmanager
+def atomic_dir(target: Path, *, overwrite: bool) -> Iterator[Path]:
+    """Yield an empty temporary directory next to ``target``; on success, move it to ``target``.
+
+    If the body raises, the temporary directory is removed and ``target`` is untouched. An existing
+    ``target`` is replaced (only if ``overwrite``) after the new content is completely written and
+    synced: it is renamed aside, the new directory renamed into place, then the old one deleted.
+    """
+    if os.path.lexists(target) and not overwrite:
+        raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(target, "tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        for child in tmp.iterdir():
+            _fsync(child)
+        _fsync(tmp)
+        _swap(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync(target.parent)
+
+
+def _swap(new: Path, target: Path) -> None:
+    if not os.path.lexists(target):
+        os.replace(new, target)
+        return
+    old = _sibling(target, "old")
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    _remove(old)

@@ -1,0 +1,157 @@
+"""measure(model, inputs): parameters, MACs, latency and file size, without changing the model."""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from secateur.io._state import serialized_size
+from secateur.measure._probe import checked_forward
+from secateur.measure.stats import Stats
+
+__all__ = ["count_macs", "count_params", "measure", "time_forward"]
+
+Inputs = tuple[torch.Tensor, ...]
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameter elements; a parameter shared by several modules is counted once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, inputs: Inputs) -> int:
+    """MACs of one ``model(*inputs)``: ``torch.utils.flop_counter.FlopCounterMode`` FLOPs ÷ 2.
+
+    Counts the matmul-like ops torch knows (convolutions, linear, matmul, attention); elementwise
+    ops such as BN, activations and adds are not counted. Run it under eval and ``no_grad``.
+    """
+    with FlopCounterMode(display=False) as counter:
+        model(*inputs)
+    return counter.get_total_flops() // 2
+
+
+def _synchronizer(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    if device.type == "mps":
+        return torch.mps.synchronize
+    return lambda: None
+
+
+def time_forward(model: nn.Module, inputs: Inputs, *, repeats: int, warmup: int) -> list[float]:
+    """Seconds of each of ``repeats`` timed ``model(*inputs)`` calls, after ``warmup`` untimed ones.
+
+    The device is synchronised around every timed call when the inputs live on an accelerator.
+    """
+    sync = _synchronizer(inputs[0].device if inputs else torch.device("cpu"))
+    for _ in range(warmup):
+        model(*inputs)
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(*inputs)
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+@contextmanager
+def _inference(model: nn.Module, threads: int | None) -> Iterator[None]:
+    """Eval mode, ``no_grad`` and ``threads`` intra-op threads; every module's mode and the thread
+    count are restored on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    old_threads = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        model.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
+        if threads is not None:
+            torch.set_num_threads(old_threads)
+
+
+def _as_inputs(example_inputs: torch.Tensor | tuple[torch.Tensor, ...], device: torch.device) -> Inputs:
+    items = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    if not all(isinstance(x, torch.Tensor) for x in items):
+        kinds = ", ".join(type(x).__name__ for x in items)
+        raise TypeError(f"example_inputs must be a Tensor or a tuple of Tensors, got ({kinds})")
+    return tuple(x.to(device) for x in items)
+
+
+def _with_batch(inputs: Inputs, batch: int) -> Inputs:
+    """Inputs with ``batch`` rows, the example's rows repeated (or cut) along dim 0."""
+    def resized(x: torch.Tensor) -> torch.Tensor:
+        reps = math.ceil(batch / x.shape[0])
+        return x.repeat(reps, *[1] * (x.dim() - 1))[:batch].contiguous()
+    return tuple(resized(x) for x in inputs)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _latency(model: nn.Module, inputs: Inputs, *, repeats: int, warmup: int,
+             channels_last: bool) -> tuple[float, float]:
+    """Median and interquartile range of the forward time, in milliseconds."""
+    if channels_last:
+        model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        inputs = tuple(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+                       for x in inputs)
+    times_ms = [1e3 * t for t in time_forward(model, inputs, repeats=repeats, warmup=warmup)]
+    if len(times_ms) < 2:
+        return times_ms[0], 0.0
+    p25, median, p75 = statistics.quantiles(times_ms, n=4, method="inclusive")
+    return median, p75 - p25
+
+
+def measure(
+    model: nn.Module,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    *,
+    latency: bool = True,
+    repeats: int = 10,
+    warmup: int = 3,
+    threads: int | None = None,
+    channels_last: bool = False,
+    batch: int | None = None,
+) -> Stats:
+    """Parameters, MACs, latency and safetensors size of ``model`` on ``example_inputs``.
+
+    Runs in eval mode under ``torch.no_grad()`` on the model's device (inputs are moved there).
+    MACs are counted on ``example_inputs`` as given; ``batch`` (if set) resizes dim 0 of the inputs
+    for the latency runs only. Latency is the median of ``repeats`` timed runs after ``warmup``
+    untimed ones, with the interquartile range as spread; ``threads`` sets ``torch.set_num_threads``
+    for the measurement, ``channels_last`` times a channels-last copy. The model is left as it was:
+    same training flags, memory format and thread count.
+
+    Raises ``ValueError`` (one line) when the forward fails on these inputs, e.g. a wrong shape.
+    """
+    if repeats < 1 or warmup < 0 or any(v is not None and v < 1 for v in (batch, threads)):
+        raise ValueError(f"need repeats >= 1, warmup >= 0, batch and threads >= 1 or None; got "
+                         f"repeats={repeats}, warmup={warmup}, batch={batch}, threads={threads}")
+    inputs = _as_inputs(example_inputs, _model_device(model))
+    with _inference(model, threads):
+        checked_forward(model, inputs)
+        macs = count_macs(model, inputs)
+        median = spread = None
+        if latency:
+            timed = inputs if batch is None else _with_batch(inputs, batch)
+            median, spread = _latency(model, timed, repeats=repeats, warmup=warmup,
+                                      channels_last=channels_last)
+    return Stats(params=count_params(model), macs=macs, latency_ms=median,
+                 latency_spread_ms=spread, bytes=serialized_size(model))

@@ -1,0 +1,80 @@
+"""One forward pass that turns a shape error deep inside torch into a one-line ``ValueError``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["checked_forward", "shape_of"]
+
+_FORWARD_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
+
+
+def shape_of(x: Any) -> str:
+    """``(1, 3, 32, 32)`` for a tensor, the type name otherwise."""
+    return str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def _expected(module: nn.Module, got: torch.Size) -> tuple[int, ...] | None:
+    """The input shape ``module`` wants, derived from the shape it ``got``; ``None`` if unknown."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        spatial = len(module.kernel_size)
+        if len(got) == spatial + 2:
+            return (got[0], module.in_channels, *got[2:])
+        return (module.in_channels, *got[1:]) if len(got) == spatial + 1 else None  # unbatched
+    if isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm) and len(got) >= 2:
+        try:  # BN and InstanceNorm know the ranks they accept
+            getattr(module, "_check_input_dim", lambda x: None)(torch.empty(got, device="meta"))
+        except ValueError:
+            return None
+        channels = module.num_channels if isinstance(module, nn.GroupNorm) else module.num_features
+        return (got[0], channels, *got[2:])
+    if isinstance(module, nn.Linear) and len(got) >= 1:
+        return (*got[:-1], module.in_features)
+    if isinstance(module, nn.LayerNorm) and len(got) >= len(module.normalized_shape):
+        return (*got[: len(got) - len(module.normalized_shape)], *module.normalized_shape)
+    return None
+
+
+def _where(name: str, module: nn.Module, args: Sequence[Any]) -> str:
+    """`` in 'layer1.0.conv1' (Conv2d), which got (..) but expects (..)``: where the forward failed."""
+    label = f"'{name}'" if name else "the model's own forward"
+    text = f" in {label} ({type(module).__name__})"
+    first = args[0] if args else None
+    if isinstance(first, torch.Tensor):
+        text += f", which got {shape_of(first)}"
+        if (want := _expected(module, first.shape)) is not None and want != tuple(first.shape):
+            text += f" but expects {want}"
+    return text
+
+
+def checked_forward(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
+    """Run ``model(*inputs)``; if it raises, raise a one-line ``ValueError`` naming the input shapes
+    and the innermost module that failed, chained to the original error."""
+    stack: list[tuple[str, nn.Module, tuple[Any, ...]]] = []
+
+    def enter(name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
+        stack.append((name, module, args))
+
+    def leave(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        stack.pop()  # hooks must return None, or they replace the output
+
+    handles = []
+    for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(
+            lambda m, args, name=name: enter(name, m, args)))
+        handles.append(module.register_forward_hook(leave))
+    try:
+        return model(*inputs)
+    except _FORWARD_ERRORS as e:
+        where = _where(*stack[-1]) if stack else ""
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        given = ", ".join(shape_of(x) for x in inputs)
+        raise ValueError(f"example input of shape {given} does not fit the model: the forward failed"
+                         f"{where}: {cause}") from e
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,73 @@
+"""Apply a Plan to a model in one pass: fold constant channels, then shrink every touched layer."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..graph import ChannelGroup, Graph, Role, Site
+from ..plan import Plan, site_masks
+from . import _shrink
+
+
+def _fold(model: nn.Module, graph: Graph, site: Site, mask: np.ndarray) -> None:
+    """Move what removed constant input channels contributed into the layer's bias (or next BN)."""
+    values = np.where(mask, np.nan, site.const)
+    m = model.get_submodule(site.module)
+    delta = _shrink.in_contribution(m, values)
+    if delta is None:
+        return
+    with torch.no_grad():
+        if m.bias is not None:
+            m.bias += delta
+        elif site.module in graph.bn_after:
+            model.get_submodule(graph.bn_after[site.module]).running_mean -= delta
+        else:
+            m.bias = nn.Parameter(delta.clone(), requires_grad=m.weight.requires_grad)
+
+
+def apply(model: nn.Module, graph: Graph, plan: Plan, *, fold: bool = True) -> nn.Module:
+    """Shrink ``model`` IN PLACE to what ``plan`` keeps; ``graph`` must come from tracing this model
+    (or an identical copy). With ``fold``, removed input channels that were constant on the example
+    inputs (e.g. a BatchNorm channel with gamma = 0 outputs act(beta)) are folded into the consumer's bias.
+    """
+    masks = site_masks(graph, plan.unit_masks(graph))
+    by_site = [(s, masks[id(s)]) for s in graph.sites if id(s) in masks]
+    if fold:
+        for s, mask in by_site:
+            if s.role is Role.IN and s.const is not None:
+                _fold(model, graph, s, mask)
+    layers: dict[str, dict[Role, np.ndarray]] = defaultdict(dict)
+    for s, mask in by_site:
+        if s.role is Role.PARAM:
+            owner = model.get_submodule(s.module)
+            _shrink.take_(owner, s.param, s.dim, np.flatnonzero(mask))
+            _shrink.sync_widths(owner)
+        else:
+            layers[s.module][s.role] = mask
+    for name, roles in layers.items():
+        m = model.get_submodule(name)
+        if isinstance(m, nn.modules.conv._ConvNd):
+            _shrink.conv_(m, roles.get(Role.IN), roles.get(Role.OUT), name)
+        elif isinstance(m, nn.Linear):
+            _shrink.linear_(m, roles.get(Role.IN), roles.get(Role.OUT), name)
+        else:
+            _shrink.norm_(m, roles[Role.NORM])
+    return model
+
+
+def silence(model: nn.Module, group: ChannelGroup, units: np.ndarray) -> None:
+    """Make ``units`` of ``group`` contribute nothing: zero every weight that reads them.
+
+    Pruning those units afterwards must leave the outputs unchanged (exactly, for exact groups):
+    the equivalence that the tests check for every group of every model.
+    """
+    drop = np.zeros(group.size, bool)
+    drop[units] = True
+    for m in group.members:
+        if m.site.role is Role.IN:
+            positions = m.positions[drop[m.unit]]
+            if positions.size:
+                _shrink.zero_in_(model.get_submodule(m.site.module), positions)
