@@ -39,12 +39,18 @@ class LpNorm(SiteCriterion):
         return out_rows(module).norm(p=self.p, dim=1)
 
 
-def L1() -> LpNorm:
-    return LpNorm(1)
+@dataclass(frozen=True)
+class L1(LpNorm):
+    """Sum of absolute filter weights (Li et al. 2016)."""
+
+    p: int = 1
 
 
-def L2() -> LpNorm:
-    return LpNorm(2)
+@dataclass(frozen=True)
+class L2(LpNorm):
+    """L2 norm of each filter's weights."""
+
+    p: int = 2
 
 
 @dataclass(frozen=True)

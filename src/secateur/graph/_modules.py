@@ -14,6 +14,8 @@ from ._walk import TInfo, Walker, _along
 def _constant_channels(x: torch.Tensor, dim: int) -> np.ndarray:
     """Per-channel value where the input is constant over every other dim, nan elsewhere."""
     flat = x.detach().movedim(dim, 0).reshape(x.shape[dim], -1).float()
+    if flat.shape[1] < 2:   # one sample at one position: cannot tell a constant from a coincidence
+        return np.full(x.shape[dim], np.nan)
     lo, hi, mean = flat.amin(1), flat.amax(1), flat.mean(1)
     const = (hi - lo) <= 1e-6 * mean.abs().clamp_min(1.0)
     return torch.where(const, mean, torch.full_like(mean, float("nan"))).cpu().numpy()
@@ -34,11 +36,7 @@ def _weighted(w: Walker, n: fx.Node, m: nn.Module, x: TInfo, xval: torch.Tensor,
     if in_ids is None:
         w.freeze(x, f"input layout of {name} not understood")
     else:
-        const = _constant_channels(xval, cdim) if groups == 1 else None
-        w.site(name, Role.IN, in_ids)
-        if const is not None:
-            site = w.rec.sites[w._site_of[(name, Role.IN, None)]]
-            object.__setattr__(site, "const", const)
+        w.site(name, Role.IN, in_ids, const=_constant_channels(xval, cdim) if groups == 1 else None)
         if groups > 1:
             per_in, per_out = c_in // groups, c_out // groups
             if per_in == 1:   # depthwise-like: input channel k feeds output channels of group k only

@@ -127,14 +127,15 @@ class Walker(fx.Interpreter):
         return None
 
     def site(self, module: str, role: Role, ids: np.ndarray, *, param: str | None = None, dim: int = 0,
-             exact: bool = True) -> None:
+             exact: bool = True, const: np.ndarray | None = None) -> None:
         """Record a site; a module called twice reuses its weights, so its units are tied."""
         key = (module, role, param)
         if key in self._site_of:
             self.tie(self.rec.sites[self._site_of[key]].ids, ids)
             return
         self._site_of[key] = len(self.rec.sites)
-        self.rec.sites.append(Site(module, role, np.asarray(ids).ravel(), param=param, dim=dim, exact=exact))
+        self.rec.sites.append(Site(module, role, np.asarray(ids).ravel(), param=param, dim=dim, exact=exact,
+                                   const=const))
 
     # ---------------------------------------------------------------- interpreter
     def run_node(self, n: fx.Node):

@@ -17,7 +17,7 @@ def take_(module: nn.Module, name: str, dim: int, index: np.ndarray) -> None:
     t = getattr(module, name, None)
     if t is None:
         return
-    new = t.detach().index_select(dim, torch.as_tensor(index, dtype=torch.long, device=t.device)).clone()
+    new = t.detach().index_select(dim, torch.as_tensor(index, dtype=torch.long, device=t.device))
     if isinstance(t, nn.Parameter):
         setattr(module, name, nn.Parameter(new, requires_grad=t.requires_grad))
     elif name in module._buffers:

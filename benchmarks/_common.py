@@ -1,0 +1,140 @@
+"""Shared by the benchmark scripts: machine facts, result rows and files, tables, interleaved timing.
+
+Results follow /work/shared/BENCHMARKS.md: one ``benchmarks/results/NAME.json`` per run holding
+``{"benchmark", "command", "date", "machine", "rows"}``; each row carries the standard fields
+(defaults from :func:`row`) plus whatever extras a benchmark needs.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+THREADS = 2
+
+_STANDARD = {"model": None, "tool": None, "method": None, "target": None, "macs_ratio": None,
+             "params_ratio": None, "latency_ratio": None, "batch": None, "acc_base": None,
+             "acc_pruned": None, "acc_finetuned": None, "finetune_epochs": 0, "seed": 0,
+             "ok": True, "error": None}
+
+
+def setup(threads: int = THREADS) -> None:
+    """Fixed intra-op threads for every timing in the run."""
+    torch.set_num_threads(threads)
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "device": "cpu"}
+    for name in ("torchvision", "torch_pruning"):
+        module = sys.modules.get(name)
+        if module is not None:
+            info[name] = getattr(module, "__version__", "?")
+    return info
+
+
+def row(**fields) -> dict:
+    """A result row: the standard fields (defaults filled in) followed by any extras."""
+    extras = {k: v for k, v in fields.items() if k not in _STANDARD}
+    return {**{k: fields.get(k, v) for k, v in _STANDARD.items()}, **extras}
+
+
+def error_line(exc: BaseException, limit: int = 240) -> str:
+    text = str(exc).strip().splitlines()
+    line = f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def write_results(name: str, rows: list[dict], argv: Sequence[str]) -> Path:
+    """Write ``results/NAME.json`` atomically (temp file + rename); return its path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    doc = {"benchmark": name.removesuffix("_quick"),
+           "command": " ".join(["python", f"benchmarks/{Path(argv[0]).name}", *argv[1:]]),
+           "date": datetime.date.today().isoformat(), "machine": machine(), "rows": rows}
+    path = RESULTS / f"{name}.json"
+    fd, tmp = tempfile.mkstemp(dir=RESULTS, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=1, default=_jsonable)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def print_table(rows: Sequence[Mapping], columns: Sequence[tuple[str, str | Callable]],
+                title: str | None = None) -> None:
+    """Print ``rows`` as an aligned text table; a column is ``(header, key or row -> value)``."""
+    cells = [[fmt(c(r) if callable(c) else r.get(c)) for _, c in columns] for r in rows]
+    heads = [h for h, _ in columns]
+    widths = [max([len(h)] + [len(line[i]) for line in cells]) for i, h in enumerate(heads)]
+    if title:
+        print(f"\n{title}")
+    print("  ".join(h.ljust(w) for h, w in zip(heads, widths)))
+    print("  ".join("-" * w for w in widths))
+    for line in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths)))
+    sys.stdout.flush()
+
+
+def median_spread(values: Sequence[float]) -> tuple[float, float]:
+    """Median and interquartile range (p75 - p25)."""
+    if len(values) < 2:
+        return values[0], 0.0
+    p25, median, p75 = statistics.quantiles(values, n=4, method="inclusive")
+    return median, p75 - p25
+
+
+@torch.no_grad()
+def interleaved_latency(models: Mapping[str, torch.nn.Module], x: torch.Tensor, *, repeats: int,
+                        warmup: int) -> dict[str, tuple[float, float]]:
+    """Forward time in ms (median, IQR) of each model on ``x``, eval mode, no_grad.
+
+    Every model gets ``warmup`` untimed runs, then ``repeats`` rounds time each model once, in an
+    order rotated each round, so a change in machine load hits all models alike.
+    """
+    names = list(models)
+    for name in names:
+        models[name].eval()
+        for _ in range(warmup):
+            models[name](x)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            start = time.perf_counter()
+            models[name](x)
+            times[name].append(1e3 * (time.perf_counter() - start))
+    return {n: median_spread(t) for n, t in times.items()}
