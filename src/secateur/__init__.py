@@ -8,11 +8,11 @@
 from . import criteria, models
 from .graph import ChannelGroup, Graph, TraceError, trace
 from .io import LoadError, load, save
-from .measure import Stats, measure
+from .measure import Stats, measure, table
 from .plan import Plan, Target, TargetError
 from .prune import plan_pruning, prune
 from .surgery import apply, silence
 
-__all__ = ["trace", "prune", "plan_pruning", "apply", "silence", "measure", "save", "load", "criteria",
+__all__ = ["trace", "prune", "plan_pruning", "apply", "silence", "measure", "table", "save", "load", "criteria",
            "models", "Graph", "ChannelGroup", "Plan", "Target", "Stats", "TraceError", "TargetError",
            "LoadError"]
