@@ -60,12 +60,16 @@ def test_every_group_is_cut_exactly(entry: ZooEntry) -> None:
 
 
 @pytest.mark.parametrize("entry", zoo_params(e for e in ZOO if not e.slow))
-def test_prune_to_half_macs_gives_a_valid_smaller_model(entry: ZooEntry) -> None:
+def test_prune_to_half_macs_gives_a_valid_smaller_model(entry: ZooEntry, tmp_path) -> None:
     x = entry.example_input()
     model = calibrate(entry.build(), x)
     before = copy.deepcopy(model.state_dict())
     small = secateur.prune(model, x, L1(), target_macs=0.5)
-    assert _run(small, x).shape == _run(model, x).shape
+    y = _run(small, x)
+    assert y.shape == _run(model, x).shape
+    secateur.save(small, tmp_path / "small")    # and it survives safetensors + pruning.json
+    again = secateur.load(tmp_path / "small", model=entry.build()).eval()
+    torch.testing.assert_close(_run(again, x), y, rtol=0, atol=0)
     base, cut = secateur.measure(model, x, latency=False), secateur.measure(small, x, latency=False)
     assert cut.macs <= 0.5 * base.macs * 1.02, f"{cut.macs / base.macs:.3f} of the MACs left"
     assert cut.macs >= 0.3 * base.macs   # the budget is met, not overshot wildly

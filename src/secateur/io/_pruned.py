@@ -12,6 +12,8 @@ model class. The saved directory looks like::
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import json
 import os
 from pathlib import Path
@@ -125,6 +127,10 @@ def load(path: str | os.PathLike[str], *, model: nn.Module) -> nn.Module:
     except SpecError as e:
         raise LoadError(f"{root / SPEC_FILE}: {e}; secateur.io.load cannot restore this model") from e
     resize(model, specs)
+    # Module versions (state_dict._metadata): some layers (e.g. torchvision's MNASNet) refuse a
+    # state_dict without them. The fresh instance runs the same code, so its versions are the ones.
+    state = OrderedDict(state)
+    state._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
