@@ -35,6 +35,8 @@ def _weighted(w: Walker, n: fx.Node, m: nn.Module, x: TInfo, xval: torch.Tensor,
     in_ids = _along(x, cdim, c_in)
     if in_ids is None:
         w.freeze(x, f"input layout of {name} not understood")
+        if groups > 1:   # without the in/out ties, its groups could not be kept equal
+            w.freeze(TInfo(tuple(out.shape), (1,), out_ids), f"input layout of {name} not understood")
     else:
         w.site(name, Role.IN, in_ids, const=_constant_channels(xval, cdim) if groups == 1 else None)
         if groups > 1:

@@ -71,10 +71,16 @@ def _has_tensor(value) -> bool:
     return bool(_flat_tensors(value))
 
 
-def _labels_to_info(lab: torch.Tensor) -> TInfo:
-    """Reduce a label tensor to the dims its labels vary along."""
-    dims = tuple(d for d in range(lab.ndim)
+def _varying(lab: torch.Tensor) -> tuple[int, ...]:
+    return tuple(d for d in range(lab.ndim)
                  if lab.shape[d] > 1 and not bool((lab == lab.narrow(d, 0, 1)).all()))
+
+
+def _labels_to_info(lab: torch.Tensor, where: torch.Tensor | None = None) -> TInfo:
+    """Reduce a label tensor to its channel dims: those where the labels vary or, given ``where``
+    (the same op replayed on channel *positions*), where the positions vary — so a channel that is
+    repeated (``cat([t, t])`` of a 1-channel ``t``) keeps its dim."""
+    dims = _varying(lab if where is None else where)
     index = tuple(slice(None) if d in dims else 0 for d in range(lab.ndim))
     return TInfo(tuple(lab.shape), dims, lab[index].numpy().copy())
 
@@ -84,6 +90,7 @@ class Walker(fx.Interpreter):
 
     def __init__(self, gm: fx.GraphModule, opaque: set[str]):
         super().__init__(gm)
+        self.extra_traceback = False   # keep our one-line errors one line
         self.rec = Record()
         self.info: dict[fx.Node, object] = {}
         self.opaque = opaque
@@ -229,32 +236,34 @@ class Walker(fx.Interpreter):
         if n.target is operator.getitem and not isinstance(self.env.get(n.args[0]), torch.Tensor):
             held = self.info.get(n.args[0])   # picking from a tuple (split, chunk, a module's outputs)
             return held[args[1]] if isinstance(held, (tuple, list)) else None
-        def label(x):
+        occurrence = iter(range(1 << 20))
+
+        def label(x, positions: bool):
             if not isinstance(x, fx.Node):
                 return x
             value, t = self.env[x], self.info.get(x)
             if not isinstance(value, torch.Tensor):
                 return value
             if not isinstance(t, TInfo) or t.ids is None:  # a constant or parameter: one frozen unit
-                t = TInfo(tuple(value.shape), (), self.fresh(1).reshape(()))
+                t = self.info[x] = TInfo(tuple(value.shape), (), self.fresh(1).reshape(()))
                 self.freeze(t, f"constant tensor at node '{x.name}'")
             view = [1] * value.ndim
             for d in t.dims:
                 view[d] = value.shape[d]
-            return torch.from_numpy(t.ids).reshape(view).expand(value.shape)
+            ids = t.ids
+            if positions:   # each argument occurrence gets its own range of position codes
+                ids = np.arange(ids.size).reshape(ids.shape) + (next(occurrence) << 32)
+            return torch.from_numpy(np.ascontiguousarray(ids)).reshape(view).expand(value.shape)
 
-        largs = fx.node.map_arg(n.args, label)
-        lkwargs = fx.node.map_arg(n.kwargs, label)
         try:
-            if n.op == "call_method":
-                res = getattr(largs[0], n.target)(*largs[1:], **lkwargs)
-            else:
-                res = n.target(*largs, **lkwargs)
+            res, where = (self._replay(n, *(fx.node.map_arg(a, lambda x: label(x, pos))
+                                           for a in (n.args, n.kwargs))) for pos in (False, True))
         except Exception:  # an op that cannot run on int64 labels: be safe, freeze
             return self._unknown(n, args, kwargs, out)
         if any(t.dtype != torch.int64 for t in _flat_tensors(res)):
             return self._unknown(n, args, kwargs, out)
-        infos = fx.node.map_aggregate(res, lambda r: _labels_to_info(r) if isinstance(r, torch.Tensor) else None)
+        flat = [_labels_to_info(r, w) for r, w in zip(_flat_tensors(res), _flat_tensors(where))]
+        infos = _rebuild(res, iter(flat))
         source = next((self.info.get(a) for a in n.all_input_nodes
                        if isinstance(self.info.get(a), TInfo)), None)
         if source is not None:
@@ -262,6 +271,21 @@ class Walker(fx.Interpreter):
             if why:
                 return self._unknown(n, args, kwargs, out, why)
         return infos
+
+    @staticmethod
+    def _replay(n: fx.Node, largs, lkwargs):
+        if n.op == "call_method":
+            return getattr(largs[0], n.target)(*largs[1:], **lkwargs)
+        return n.target(*largs, **lkwargs)
+
+
+def _rebuild(value, infos):
+    """``value``'s structure with every tensor replaced by the next of ``infos``."""
+    if isinstance(value, torch.Tensor):
+        return next(infos)
+    if isinstance(value, (tuple, list)):
+        return tuple(_rebuild(v, infos) for v in value)
+    return None
 
 
 def run(gm: fx.GraphModule, example_inputs: tuple, opaque: set[str]) -> Record:

@@ -144,7 +144,8 @@ def _culprit(model: nn.Module, exc: BaseException) -> str:
     names = {id(m): name for name, m in model.named_modules()}
     found = ""
     for frame, _ in traceback.walk_tb(exc.__traceback__):
-        obj = frame.f_locals.get("self")
+        code = frame.f_code
+        obj = frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
         if isinstance(obj, nn.Module) and id(obj) in names:
             found = f"{names[id(obj)] or '<root>'} ({type(obj).__name__}, line {frame.f_lineno})"
     return found
@@ -157,6 +158,8 @@ def as_tuple(example_inputs) -> tuple:
 def resolve_modules(model: nn.Module, modules: Iterable) -> set[str]:
     """Qualified names for ``modules`` given as module objects or names; unknown ones are an error."""
     names = {id(m): n for n, m in model.named_modules()}
+    if isinstance(modules, (str, nn.Module)):
+        modules = [modules]
     out = set()
     for m in modules:
         if isinstance(m, str):
@@ -188,9 +191,11 @@ def trace(model: nn.Module, example_inputs, *, ignore: Iterable = ()) -> Graph:
     except Exception as exc:
         where = _culprit(model, exc)
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TraceError(f"cannot trace {type(model).__name__}"
-                         f"{' in ' + where if where else ''}: {msg}; pass that module in ignore=[...] "
-                         f"to treat it as opaque") from exc
+        hint = ("make the model's own forward traceable by torch.fx (no Python control flow on tensor "
+                "values)" if not where or where.startswith("<root>")
+                else "pass that module in ignore=[...] to treat it as opaque")
+        raise TraceError(f"cannot trace {type(model).__name__}{' in ' + where if where else ''}: "
+                         f"{msg}; {hint}") from exc
     gm = fx.GraphModule(tracer.root, fx_graph)
     modes = {m: m.training for m in model.modules()}
     model.eval()
@@ -198,7 +203,8 @@ def trace(model: nn.Module, example_inputs, *, ignore: Iterable = ()) -> Graph:
         rec = _walk.run(gm, inputs, opaque)
     except _walk.InputError as exc:
         shapes = ", ".join(str(tuple(x.shape)) for x in inputs if isinstance(x, torch.Tensor))
-        raise TraceError(f"example inputs of shape {shapes} do not fit {type(model).__name__}: {exc}") from exc
+        first = str(exc).strip().splitlines()[0]
+        raise TraceError(f"example inputs of shape {shapes} do not fit {type(model).__name__}: {first}") from exc
     finally:
         for m, mode in modes.items():
             m.training = mode

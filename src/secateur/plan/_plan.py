@@ -34,6 +34,9 @@ class Plan:
             group = graph.groups[g]
             if group.frozen:
                 raise ValueError(f"plan prunes group {g}, which is frozen: {group.frozen}")
+            bad = [u for u in units if not 0 <= u < group.size]
+            if bad:
+                raise ValueError(f"plan keeps unit {bad[0]} of group {g}, which has units 0..{group.size - 1}")
             mask = np.zeros(group.size, bool)
             mask[list(units)] = True
             if not mask.any():

@@ -123,7 +123,7 @@ def make_plan(graph: Graph, scores: Mapping[int, np.ndarray], target: Target, fa
     if best > budget:
         raise TargetError(f"target_macs={target.macs} is out of reach: the most this model can be pruned "
                           f"(min_channels={target.min_channels}, round_to={target.round_to}) keeps "
-                          f"{best / base:.3f} of its MACs")
+                          f"{best / base:.5f} of its MACs")
     lo = 0.0
     for _ in range(40):  # bisection on the fraction removed: MACs fall as it grows
         mid = (lo + hi) / 2
