@@ -227,13 +227,18 @@ def _silence_and_cut(model, graph, drop: dict[int, np.ndarray], keep: dict[int, 
     return silenced, pruned
 
 
+def _traced(spec: Spec):
+    """(input, calibrated model, its graph) for a generated spec."""
+    x = _input()
+    model = _calibrated(spec, x)
+    return x, model, secateur.trace(model, x)
+
+
 # ---------------------------------------------------------------------------------------------- properties
 @SETTINGS
 @given(spec=specs())
 def test_trace_never_crashes(spec: Spec) -> None:
-    x = _input()
-    model = _calibrated(spec, x)
-    graph = secateur.trace(model, x)
+    x, model, graph = _traced(spec)
     assert graph.groups
     assert all(g.size >= 1 for g in graph.groups)
     assert [g.index for g in graph.groups] == list(range(len(graph.groups)))
@@ -250,9 +255,7 @@ def test_trace_never_crashes(spec: Spec) -> None:
 @SETTINGS
 @given(spec=specs(), data=st.data())
 def test_each_group_alone_is_cut_exactly(spec: Spec, data) -> None:
-    x = _input()
-    model = _calibrated(spec, x)
-    graph = secateur.trace(model, x)
+    x, model, graph = _traced(spec)
     expected = _run(model, x)
     for g in graph.prunable:
         assert g.exact
@@ -269,9 +272,7 @@ def test_each_group_alone_is_cut_exactly(spec: Spec, data) -> None:
 @SETTINGS
 @given(spec=specs())
 def test_all_groups_at_once_are_cut_exactly(spec: Spec) -> None:
-    x = _input()
-    model = _calibrated(spec, x)
-    graph = secateur.trace(model, x)
+    x, model, graph = _traced(spec)
     drop = {g.index: np.arange(0, g.size, 2)[: g.size // 2] for g in graph.prunable}
     silenced, pruned = _silence_and_cut(model, graph, drop)
     if drop:
@@ -284,9 +285,7 @@ def test_all_groups_at_once_are_cut_exactly(spec: Spec) -> None:
 @SETTINGS
 @given(spec=specs(), amount=st.floats(0.0, 0.9, exclude_max=True))
 def test_prune_by_amount_gives_a_working_model_and_leaves_the_original(spec: Spec, amount: float) -> None:
-    x = _input()
-    model = _calibrated(spec, x)
-    graph = secateur.trace(model, x)
+    x, model, graph = _traced(spec)
     before = copy.deepcopy(model.state_dict())
     expected = _run(model, x)
     if not graph.prunable:
@@ -384,9 +383,7 @@ _REPLICATED = {
 @pytest.mark.parametrize("name", sorted(_REPLICATED))
 def test_a_replicated_single_channel_is_cut_safely(name: str) -> None:
     spec = _REPLICATED[name]
-    x = _input()
-    model = _calibrated(spec, x)
-    graph = secateur.trace(model, x)
+    x, model, graph = _traced(spec)
     for g in graph.prunable:   # a fix may well leave none: every channel here is one unit
         silenced, pruned = _silence_and_cut(model, graph, {g.index: np.arange(g.size // 2)})
         _close(_run(pruned, x), _run(silenced, x))
