@@ -5,7 +5,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup demo test bench-deps clean
+.PHONY: setup demo test bench-deps bench-engine clean
 
 setup: $(STAMP) $(FMNIST)
 
@@ -30,6 +30,9 @@ test: setup
 
 bench-deps: setup
 	$(VPY) -m pip install --quiet -e '.[bench]'
+
+bench-engine: bench-deps
+	$(VPY) benchmarks/engine.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

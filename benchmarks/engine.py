@@ -3,20 +3,26 @@
     .venv/bin/python benchmarks/engine.py [--quick]
 
 1. Coverage: every model of tests/zoo.py (slow ones skipped under --quick) pruned to 50% MACs with L1
-   by each tool: did it work, does the pruned model run and give the right output shape, MAC and
-   parameter ratios (both counted by ``secateur.measure``), the tool's wall time.
+   by each tool: did it work, does the pruned model run and give the right output shape (and finite
+   values), MAC and parameter ratios, the tool's wall time.
 2. Tool speed: trace + plan + surgery on torchvision resnet50 at 1x3x224x224, median of 3.
 3. Real speed-up: resnet50, vgg16_bn, mobilenet_v2 (1000 classes) pruned to 0.5 MACs; CPU latency
-   at batch 16 on 2 threads, default layout and channels_last; efficiency = speed-up x MAC ratio.
+   at batch 16 on 2 threads, default layout and channels_last, every model of a table timed in
+   interleaved rounds; efficiency = speed-up x MAC ratio (1.0 = latency falls as fast as MACs).
 
-Torch-Pruning has no MAC target, so it reaches one by its own iterative mechanism (as in its
-benchmarks/main.py ``progressive_pruning``): a ``MetaPruner`` with ``pruning_ratio=1.0`` and
-``iterative_steps=STEPS`` steps until the MAC count (secateur's counter, as for every ratio here) is
-at or under the target. Its importance is ``MagnitudeImportance(p=1)`` (L1) and the classifier (the
-last conv/linear layer to run, which secateur keeps whole because it feeds the output) is ignored.
+Both tools' MACs and parameters are counted by the counters ``secateur.measure`` uses
+(``count_macs``: FlopCounterMode FLOPs / 2; ``count_params``), so both are counted the same way.
+Torch-Pruning gets ``MagnitudeImportance(p=1)`` (L1, its default group reduction) and the classifier
+(the last conv/linear layer to run, which secateur keeps whole because it feeds the output) in
+``ignored_layers``. It has no MAC target, so to reach one we search its ``pruning_ratio`` with
+one-shot prunes (``tp_search``); its own iterative mechanism (``progressive_pruning`` in its
+benchmarks: many small ``step()``s with a MAC count after each) gives the same models but costs
+50-100 steps, so it is only timed, in section 2 of the full run.
 Writes benchmarks/results/engine.json (engine_quick.json with --quick).
 """
 from __future__ import annotations
+
+import _common  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch starts OpenMP)
 
 import argparse
 import copy
@@ -33,12 +39,12 @@ import torchvision
 from torch import nn
 
 import secateur
-from secateur.measure import count_macs
+from secateur.measure import count_macs, count_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from zoo import ZOO, calibrate  # noqa: E402
 
-from _common import (error_line, interleaved_latency, print_table, row, setup,  # noqa: E402
+from _common import (error_line, fmt, interleaved_latency, print_table, row, setup,  # noqa: E402
                      write_results)
 
 TARGET = 0.5          # fraction of MACs to keep
@@ -48,6 +54,12 @@ LATENCY_MODELS = ("resnet50", "vgg16_bn", "mobilenet_v2")
 LAYOUTS = {"default": torch.contiguous_format, "channels_last": torch.channels_last}
 
 Pruner = Callable[[nn.Module, torch.Tensor], nn.Module]
+
+
+@torch.no_grad()
+def macs_of(model: nn.Module, x: torch.Tensor) -> int:
+    """MACs as ``secateur.measure`` counts them (its counter, without the timing and file size)."""
+    return count_macs(model.eval(), (x,))
 
 
 # -- the two tools ---------------------------------------------------------------------------------
@@ -81,26 +93,59 @@ def tp_pruner(model: nn.Module, x: torch.Tensor, ratio: float, steps: int) -> tp
 def tp_progressive(model: nn.Module, x: torch.Tensor, steps: int = TP_STEPS) -> nn.Module:
     """Torch-Pruning to the MAC target: one small step at a time, counting MACs after each."""
     model = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        budget = TARGET * count_macs(model, (x,))
-        pruner = tp_pruner(model, x, 1.0, steps)
-        for step in range(1, steps + 1):
-            pruner.step()
-            if count_macs(model, (x,)) <= budget:
-                break
-    model.tp_ratio = step / steps  # the channel ratio it took, for the one-shot timing
+    budget = TARGET * macs_of(model, x)
+    pruner = tp_pruner(model, x, 1.0, steps)  # builds its graph with autograd: not under no_grad
+    for step in range(1, steps + 1):
+        pruner.step()
+        if macs_of(model, x) <= budget:
+            break
+    model.tp_ratio = step / steps
     return model
 
 
 def tp_one_shot(model: nn.Module, x: torch.Tensor, ratio: float) -> nn.Module:
-    """Torch-Pruning in one step at a known channel ratio (found beforehand by tp_progressive)."""
+    """Torch-Pruning in one step at channel ratio ``ratio``, on a copy of ``model``."""
     model = copy.deepcopy(model).eval()
     tp_pruner(model, x, ratio, 1).step()
     return model
 
 
+def tp_search(model: nn.Module, x: torch.Tensor, band: float = 0.005, tol: float = 0.005,
+              probes: int = 12) -> nn.Module:
+    """Torch-Pruning to the MAC target by searching its ``pruning_ratio``: one-shot prunes of fresh
+    copies, the ratio bracketed and interpolated, until the MACs kept are in [TARGET - band, TARGET]
+    or the bracket is narrower than ``tol``. MACs fall roughly as (1 - ratio)^2, so the guesses
+    interpolate sqrt(MACs) linearly; it usually takes 2 to 4 prunes. Returns the best prune that
+    meets the target (largest MACs), with ``tp_ratio`` and ``tp_probes`` set on it."""
+    base = macs_of(model, x)
+    lo, lo_root = 0.0, 1.0             # ratio and sqrt(MAC ratio) known to be over the target
+    hi, hi_root, best = None, None, None
+    goal = TARGET ** 0.5
+    for probe in range(1, probes + 1):
+        if hi is None:
+            guess = 1 - (1 - lo) * goal / lo_root
+        else:
+            guess = lo + (hi - lo) * (lo_root - goal) / (lo_root - hi_root)
+        span = (hi if hi is not None else 1.0) - lo
+        ratio = min(max(guess, lo + 0.1 * span), lo + 0.9 * span) if probe > 1 else guess
+        pruned = tp_one_shot(model, x, ratio)
+        kept = macs_of(pruned, x) / base
+        if kept <= TARGET:
+            hi, hi_root, best = ratio, kept ** 0.5, pruned
+            if kept >= TARGET - band:
+                break
+        else:
+            lo, lo_root = ratio, kept ** 0.5
+        if hi is not None and hi - lo < tol:
+            break
+    if best is None:
+        raise RuntimeError(f"target not reached: pruning_ratio {lo:.3f} keeps {lo_root ** 2:.3f} of the MACs")
+    best.tp_ratio, best.tp_probes = hi, probe
+    return best
+
+
 def tools() -> dict[str, Pruner]:
-    return {"secateur": secateur_l1(), "torch-pruning": tp_progressive}
+    return {"secateur": secateur_l1(), "torch-pruning": tp_search}
 
 
 # -- 1. coverage -----------------------------------------------------------------------------------
@@ -122,48 +167,68 @@ def finite(out) -> bool:
     return all(finite(o) for o in items)
 
 
-def coverage_row(entry, tool: str, prune: Pruner) -> dict:
-    fields = dict(model=entry.name, tool=tool, method="l1", target={"macs": TARGET},
-                  batch=entry.input_shape[0], section="coverage", runs=None, shape_ok=None,
-                  finite=None, tool_seconds=None)
+def fingerprint(model: nn.Module) -> list:
+    """Names, shapes and a checksum of every tensor, and every module's training flag."""
+    return ([(k, tuple(v.shape), float(v.double().sum())) for k, v in model.state_dict().items()]
+            + [m.training for m in model.modules()])
+
+
+def coverage_rows(entry) -> list[dict]:
+    """One row per tool for one zoo model; every failure is caught and kept in its row."""
     try:
         x = entry.example_input()
         model = calibrate(entry.build(), x)
         with torch.no_grad():
             expected = shapes(model(x))
-        base = secateur.measure(model, x, latency=False)
-        start = time.perf_counter()
-        pruned = prune(model, x)
-        fields["tool_seconds"] = time.perf_counter() - start
-        try:
-            with torch.no_grad():
-                out = pruned.eval()(x)
-        except Exception as exc:
-            return row(**fields, runs=False, ok=False, error=f"pruned model fails: {error_line(exc)}")
-        ratios = secateur.measure(pruned, x, latency=False).ratio(base)
-        fields.update(runs=True, shape_ok=shapes(out) == expected, finite=finite(out),
-                      macs_ratio=ratios["macs_ratio"], params_ratio=ratios["params_ratio"])
-        problems = [msg for bad, msg in (
-            (not fields["shape_ok"], f"output shapes {shapes(out)} != {expected}"),
-            (not fields["finite"], "non-finite output"),
-            (fields["macs_ratio"] > TARGET + TOLERANCE,
-             f"target missed: macs_ratio {fields['macs_ratio']:.3f} > {TARGET}")) if bad]
-        return row(**fields, ok=not problems, error="; ".join(problems) or None)
+        base = (macs_of(model, x), count_params(model))
     except Exception as exc:
+        return [row(model=entry.name, tool=t, method="l1", target={"macs": TARGET}, section="coverage",
+                    ok=False, error=f"base model: {error_line(exc)}") for t in tools()]
+    return [coverage_row(entry.name, tool, prune, model, x, expected, base)
+            for tool, prune in tools().items()]
+
+
+def coverage_row(name: str, tool: str, prune: Pruner, model: nn.Module, x: torch.Tensor,
+                 expected: list, base: tuple[int, int]) -> dict:
+    fields = dict(model=name, tool=tool, method="l1", target={"macs": TARGET}, batch=x.shape[0],
+                  section="coverage", runs=None, shape_ok=None, finite=None, tool_seconds=None)
+    before = fingerprint(model)
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pruned = prune(model, x)
+    except Exception as exc:
+        fields["tool_seconds"] = time.perf_counter() - start
         return row(**fields, ok=False, error=error_line(exc))
+    fields["tool_seconds"] = time.perf_counter() - start
+    try:
+        with torch.no_grad():
+            out = pruned.eval()(x)
+    except Exception as exc:
+        return row(**fields, runs=False, ok=False, error=f"pruned model fails: {error_line(exc)}")
+    try:
+        fields.update(runs=True, shape_ok=shapes(out) == expected, finite=finite(out),
+                      macs_ratio=macs_of(pruned, x) / base[0], params_ratio=count_params(pruned) / base[1])
+    except Exception as exc:
+        return row(**fields, ok=False, error=f"counting MACs: {error_line(exc)}")
+    problems = [msg for bad, msg in (
+        (not fields["shape_ok"], f"output shapes {shapes(out)} != {expected}"),
+        (not fields["finite"], "non-finite output"),
+        (fingerprint(model) != before, "changed the caller's model"),
+        (fields["macs_ratio"] > TARGET + TOLERANCE,
+         f"target missed: macs_ratio {fields['macs_ratio']:.3f} > {TARGET}")) if bad]
+    return row(**fields, ok=not problems, error="; ".join(problems) or None)
 
 
 def coverage(quick: bool) -> list[dict]:
     entries = [e for e in ZOO if not (quick and e.slow)]
     rows = []
     for entry in entries:
-        for tool, prune in tools().items():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                rows.append(coverage_row(entry, tool, prune))
-            r = rows[-1]
+        rows += coverage_rows(entry)
+        for r in rows[-2:]:
             status = "ok" if r["ok"] else f"FAIL {r['error']}"
-            print(f"  {entry.name:28s} {tool:14s} {status}", flush=True)
+            print(f"  {entry.name:28s} {r['tool']:14s} {fmt(r['tool_seconds'])} s  {status}", flush=True)
     print_table(rows, [("model", "model"), ("tool", "tool"), ("ok", "ok"), ("runs", "runs"),
                        ("shape", "shape_ok"), ("MACs", "macs_ratio"), ("params", "params_ratio"),
                        ("seconds", "tool_seconds"), ("error", "error")],
@@ -177,42 +242,47 @@ def coverage(quick: bool) -> list[dict]:
 # -- 2. tool speed ---------------------------------------------------------------------------------
 
 def tool_speed(quick: bool, repeats: int = 3) -> list[dict]:
+    """Wall time to prune resnet50 at 224 px to the MAC target, median of ``repeats``, interleaved.
+
+    Torch-Pruning three ways: one shot at a pruning_ratio known beforehand (its bare engine cost),
+    the ratio search that the other sections use, and its own progressive mechanism (full run only:
+    tens of seconds a run)."""
     torch.manual_seed(0)
     model = torchvision.models.resnet50(weights=None, num_classes=1000).eval()
     x = torch.randn(1, 3, 224, 224)
-    base = secateur.measure(model, x, latency=False)
+    base_macs, base_params = macs_of(model, x), count_params(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ratio = tp_progressive(model, x).tp_ratio  # also the warm-up for Torch-Pruning
-        secateur_l1()(model, x)                    # warm-up for secateur
-        runs: dict[str, list[float]] = {"secateur": [], "tp-one-shot": [], "tp-progressive": []}
-        out: dict[str, nn.Module] = {}
+        secateur_l1()(model, x)                # warm-ups, untimed
+        ratio = tp_search(model, x).tp_ratio
         jobs = {"secateur": lambda: secateur_l1()(model, x),
                 "tp-one-shot": lambda: tp_one_shot(model, x, ratio),
-                "tp-progressive": lambda: tp_progressive(model, x)}
-        for i in range(repeats):
+                "tp-search": lambda: tp_search(model, x)}
+        if not quick:
+            jobs["tp-progressive"] = lambda: tp_progressive(model, x)
+        runs: dict[str, list[float]] = {name: [] for name in jobs}
+        out: dict[str, nn.Module] = {}
+        for _ in range(repeats):
             for name, job in jobs.items():
-                if name == "tp-progressive" and quick and i > 0:
-                    continue  # ~25 s a run: once is enough for --quick
                 start = time.perf_counter()
                 out[name] = job()
                 runs[name].append(time.perf_counter() - start)
         stages = secateur_stages(model, x)
     how = {"secateur": "prune(target_macs=0.5): trace + score + plan search + copy + surgery",
-           "tp-one-shot": f"copy + DependencyGraph + 1 step at pruning_ratio={ratio:.3f} (known beforehand)",
-           "tp-progressive": f"copy + DependencyGraph + steps of 1/{TP_STEPS} with a MAC count after each"}
+           "tp-one-shot": f"copy + DependencyGraph + 1 step at pruning_ratio={ratio:.3f}, known beforehand",
+           "tp-search": f"search on pruning_ratio, one-shot prunes ({out['tp-search'].tp_probes} here)",
+           "tp-progressive": f"copy + DependencyGraph + steps of 1/{TP_STEPS}, MAC count after each"}
     rows = []
     for name, seconds in runs.items():
-        ratios = secateur.measure(out[name], x, latency=False).ratio(base)
         rows.append(row(model="resnet50", tool="secateur" if name == "secateur" else "torch-pruning",
                         method="l1", target={"macs": TARGET}, batch=1, section="tool_speed",
-                        variant=name, how=how[name], macs_ratio=ratios["macs_ratio"],
-                        params_ratio=ratios["params_ratio"], tool_seconds=statistics.median(seconds),
+                        variant=name, how=how[name], macs_ratio=macs_of(out[name], x) / base_macs,
+                        params_ratio=count_params(out[name]) / base_params, tool_seconds=statistics.median(seconds),
                         tool_seconds_all=seconds, **({"stages": stages} if name == "secateur" else {})))
     print_table(rows, [("variant", "variant"), ("median s", "tool_seconds"),
                        ("runs", lambda r: " ".join(f"{s:.2f}" for s in r["tool_seconds_all"])),
                        ("MACs", "macs_ratio"), ("what is timed", "how")],
-                title="2. Tool speed: resnet50, 1x3x224x224, L1 to 0.5 MACs")
+                title=f"2. Tool speed: resnet50, 1x3x224x224, L1 to {TARGET:g} MACs")
     print("   secateur stages (one run, seconds): "
           + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
     return rows
@@ -237,35 +307,18 @@ def secateur_stages(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
 def latency(quick: bool) -> list[dict]:
     size, batch = (112, 16) if quick else (224, 16)
     repeats, warmup = (5, 1) if quick else (10, 2)
-    variants = {("secateur", 1): secateur_l1(1), ("secateur", 8): secateur_l1(8),
-                ("secateur", 16): secateur_l1(16), ("torch-pruning", None): tp_progressive}
     rows = []
     for name in LATENCY_MODELS:
         torch.manual_seed(0)
         x1 = torch.randn(1, 3, size, size)
         xb = torch.randn(batch, 3, size, size)
         base = calibrate(torchvision.models.get_model(name, weights=None, num_classes=1000), x1)
-        base_stats = secateur.measure(base, x1, latency=False)
-        pruned, info = {}, {}
-        for (tool, round_to), prune in variants.items():
-            fields = dict(model=name, tool=tool, method="l1", target={"macs": TARGET}, batch=batch,
-                          section="latency", round_to=round_to, input_size=size)
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    start = time.perf_counter()
-                    small = prune(base, x1)
-                    fields["tool_seconds"] = time.perf_counter() - start
-                fields.update(secateur.measure(small, x1, latency=False).ratio(base_stats))
-                fields.pop("bytes_ratio", None)
-                pruned[(tool, round_to)] = small
-            except Exception as exc:
-                fields.update(ok=False, error=error_line(exc))
-            info[(tool, round_to)] = fields
-        for layout, fmt in LAYOUTS.items():
-            models = {"base": copy.deepcopy(base).to(memory_format=fmt),
-                      **{k: copy.deepcopy(m).to(memory_format=fmt) for k, m in pruned.items()}}
-            timed = interleaved_latency(models, xb.contiguous(memory_format=fmt),
+        info, pruned = prune_variants(name, base, x1, batch)
+        for layout, memory_format in LAYOUTS.items():  # default first: models change format in place
+            models = {"base": base, **pruned}
+            for m in models.values():
+                m.to(memory_format=memory_format)
+            timed = interleaved_latency(models, xb.contiguous(memory_format=memory_format),
                                         repeats=repeats, warmup=warmup)
             base_ms, base_spread = timed.pop("base")
             for key, fields in info.items():
@@ -276,7 +329,6 @@ def latency(quick: bool) -> list[dict]:
                     r.update(latency_ms=ms, latency_spread_ms=spread, latency_ratio=ms / base_ms,
                              speedup=speedup, efficiency=speedup * fields["macs_ratio"])
                 rows.append(row(**r))
-            del models
         print(f"  {name}: done", flush=True)
     print_table(rows, [("model", "model"), ("layout", "layout"), ("tool", "tool"),
                        ("round_to", "round_to"), ("MACs", "macs_ratio"), ("params", "params_ratio"),
@@ -288,15 +340,40 @@ def latency(quick: bool) -> list[dict]:
     return rows
 
 
+def prune_variants(name: str, base: nn.Module, x: torch.Tensor, batch: int):
+    """secateur (round_to 1, 8, 16) and Torch-Pruning prunes of ``base``: row fields and models."""
+    variants = {("secateur", 1): secateur_l1(1), ("secateur", 8): secateur_l1(8),
+                ("secateur", 16): secateur_l1(16), ("torch-pruning", None): tp_search}
+    base_macs, base_params = macs_of(base, x), count_params(base)
+    info, pruned = {}, {}
+    for (tool, round_to), prune in variants.items():
+        fields = dict(model=name, tool=tool, method="l1", target={"macs": TARGET}, batch=batch,
+                      section="latency", round_to=round_to, input_size=x.shape[-1])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                start = time.perf_counter()
+                small = prune(base, x)
+                fields["tool_seconds"] = time.perf_counter() - start
+            fields.update(macs_ratio=macs_of(small, x) / base_macs,
+                          params_ratio=count_params(small) / base_params)
+            pruned[(tool, round_to)] = small
+        except Exception as exc:
+            fields.update(ok=False, error=error_line(exc))
+        info[(tool, round_to)] = fields
+    return info, pruned
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="skip slow models, small inputs, fewer runs")
     args = parser.parse_args(argv[1:])
     setup()
-    start = time.perf_counter()
-    rows = coverage(args.quick)
-    rows += tool_speed(args.quick)
-    rows += latency(args.quick)
+    start, rows = time.perf_counter(), []
+    for section in (coverage, tool_speed, latency):
+        began = time.perf_counter()
+        rows += section(args.quick)
+        print(f"   ({section.__name__}: {time.perf_counter() - began:.0f} s)", flush=True)
     path = write_results("engine_quick" if args.quick else "engine", rows, argv)
     print(f"\nwrote {path} in {time.perf_counter() - start:.0f} s")
 
