@@ -265,7 +265,8 @@ def test_successful_prune_leaves_the_callers_model_alone(resnet, kwargs) -> None
 
 def test_trace_leaves_a_train_mode_model_alone(resnet) -> None:
     with _untouched(resnet):   # BatchNorm running stats would move if it ran in train mode
-        secateur.trace(resnet, _X)
+        graph = secateur.trace(resnet, _X)
+    assert graph.prunable
 
 
 # ---------------------------------------------------------------------------------------------- save / load

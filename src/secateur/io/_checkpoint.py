@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from pathlib import Path
 
@@ -46,12 +45,10 @@ def _read_torch(path: Path) -> object:
     _require_file(path)
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as e:
+    except Exception as e:   # weights_only refusals surface as UnpicklingError: name the object
         if found := re.search(r"Unsupported global: GLOBAL (\S+)", str(e)):
             raise LoadError(f"{path}: holds a {found[1]} object, which weights_only loading refuses; "
                             "save model.state_dict() or a .safetensors file instead") from e
-        raise LoadError(f"{path}: not a torch.save checkpoint or corrupt; save it again") from e
-    except (RuntimeError, EOFError, ValueError) as e:
         raise LoadError(f"{path}: corrupt or truncated checkpoint ({_first_line(e)}); save it again") from e
 
 
