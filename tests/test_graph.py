@@ -217,3 +217,22 @@ def test_constant_channels_are_folded_into_the_consumer(fold):
     assert small.point.in_channels == 6 and small.fc.in_features == 4
     assert (err < 1e-6) if fold else (err > 1e-2)
     assert small.point.bias is None   # folded into the next BatchNorm's running mean, no new parameter
+
+
+class _Shuffle(nn.Module):
+    def __init__(self, functional: bool):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+        self.shuffle = (lambda y: F.channel_shuffle(y, 2)) if functional else nn.ChannelShuffle(2)
+
+    def forward(self, x):
+        return self.b(self.shuffle(self.a(x)))
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_channel_shuffle_op_cuts_the_same_position_from_every_group(functional):
+    torch.manual_seed(0)
+    model, x = _Shuffle(functional).eval(), torch.randn(2, 3, 5, 5)
+    group = _group_of(secateur.trace(model, x), "a", Role.OUT)
+    assert group.prunable and (group.size, group.width) == (4, 2)
+    assert _exact_after_cut(model, x, group, np.array([0])) < 1e-6

@@ -110,25 +110,8 @@ def analyse_module(w: Walker, n: fx.Node, args, out):
             return w._pad(n, (args[0], tuple(m.padding)), {}, out)
         return w._pass(x, out) if out.ndim == len(x.shape) else w._unknown(n, args, {}, out)
     if isinstance(m, _ops.MOVEMENT_MODULES):
-        labels = fx.node.map_arg(n.args, lambda a: a)
-        return _movement_module(w, n, m, labels, args, out)
+        return w._movement(n, args, {}, out, module=m)
     if isinstance(m, nn.Softmax):
         return w._softmax(n, (args[0], m.dim), {}, out)
     return w._unknown(n, args, {}, out, f"unsupported layer {name} ({type(m).__name__})")
 
-
-def _movement_module(w: Walker, n: fx.Node, m: nn.Module, nodes, args, out):
-    """Flatten, ChannelShuffle & co.: replay the module on a label tensor."""
-    x = w.info[nodes[0]]
-    if x.ids is None:
-        return w._unknown(n, args, {}, out)
-    view = [1] * len(x.shape)
-    for d in x.dims:
-        view[d] = x.shape[d]
-    lab = torch.from_numpy(x.ids).reshape(view).expand(x.shape)
-    try:
-        res = m(lab)
-    except Exception:
-        return w._unknown(n, args, {}, out)
-    from ._walk import _labels_to_info
-    return _labels_to_info(res)

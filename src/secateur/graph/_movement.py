@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch.fx as fx
+from torch import nn
 
 SIZED = {"view", "reshape", "expand", "unflatten"}   # ops whose arguments are output sizes
 SLICING = {"getitem", "__getitem__", "narrow", "select", "unbind"}
@@ -52,13 +53,20 @@ def tie_along(walker, ids: np.ndarray, axis: int) -> None:
     walker.tie(np.broadcast_to(first, ids.shape), ids)
 
 
-def constrain(walker, n: fx.Node, args, kwargs, source, results: list) -> str | None:
+def constrain(walker, n: fx.Node, args, kwargs, source, results: list, module=None) -> str | None:
     """Add the ties that keep this op valid after pruning; return a reason to freeze instead, if any.
 
-    ``source``: TInfo of the first tensor input; ``results``: TInfo of every tensor output.
+    ``source``: TInfo of the first tensor input; ``results``: TInfo of every tensor output;
+    ``module``: the layer called, for a ``call_module`` node.
     """
     name = name_of(n)
     rank = len(source.shape)
+    if isinstance(module, nn.ChannelShuffle) or name == "channel_shuffle":
+        # like view(b, groups, C / groups, ...): the same position goes from every group at once
+        groups = module.groups if module is not None else (args[1] if len(args) > 1 else kwargs["groups"])
+        if source.dims != (1,):
+            return f"channel shuffle of an unexpected layout at node '{n.name}'"
+        tie_along(walker, source.ids.reshape(groups, -1), 0)
     if source.ids is not None and source.dims:
         if name in SLICING and slices_channels(n, args, source.dims, rank):
             return f"channels picked by position ({name}) at node '{n.name}'"

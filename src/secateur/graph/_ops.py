@@ -23,8 +23,9 @@ PASSTHROUGH_MODULES = (
     nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
 )
 
-# Parameter-free modules that only move elements around: resolved on label tensors.
-MOVEMENT_MODULES = (nn.Flatten, nn.Unflatten, nn.ChannelShuffle, nn.PixelShuffle, nn.PixelUnshuffle)
+# Parameter-free modules that only move elements around: resolved on label tensors. (nn.Unflatten is
+# not here: its sizes are literals we cannot see in the graph, so it freezes what it touches.)
+MOVEMENT_MODULES = (nn.Flatten, nn.ChannelShuffle, nn.PixelShuffle, nn.PixelUnshuffle)
 
 # Functions / methods applied element by element (any number of tensors, broadcasting).
 ELEMENTWISE_FUNCTIONS = {

@@ -9,6 +9,7 @@ recorded as a :class:`Site`.
 """
 from __future__ import annotations
 
+import itertools
 import operator
 from dataclasses import dataclass, field
 
@@ -76,11 +77,11 @@ def _varying(lab: torch.Tensor) -> tuple[int, ...]:
                  if lab.shape[d] > 1 and not bool((lab == lab.narrow(d, 0, 1)).all()))
 
 
-def _labels_to_info(lab: torch.Tensor, where: torch.Tensor | None = None) -> TInfo:
-    """Reduce a label tensor to its channel dims: those where the labels vary or, given ``where``
-    (the same op replayed on channel *positions*), where the positions vary — so a channel that is
-    repeated (``cat([t, t])`` of a 1-channel ``t``) keeps its dim."""
-    dims = _varying(lab if where is None else where)
+def _labels_to_info(lab: torch.Tensor, where: torch.Tensor) -> TInfo:
+    """Reduce a label tensor to its channel dims: those where ``where`` (the same op replayed on
+    channel *positions*) varies — so a repeated channel (``cat([t, t])`` of a 1-channel ``t``) keeps
+    its dim."""
+    dims = _varying(where)
     index = tuple(slice(None) if d in dims else 0 for d in range(lab.ndim))
     return TInfo(tuple(lab.shape), dims, lab[index].numpy().copy())
 
@@ -231,12 +232,13 @@ class Walker(fx.Interpreter):
         from ._elementwise import functional_norm
         return functional_norm(self, n, args, kwargs, out)
 
-    def _movement(self, n, args, kwargs, out):
-        """Replay the call on label tensors: each output element carries its source's unit id."""
+    def _movement(self, n, args, kwargs, out, module=None):
+        """Replay the call (or ``module``) on label tensors: each output element carries its source's
+        unit id; a second replay on channel positions tells which output dims carry channels."""
         if n.target is operator.getitem and not isinstance(self.env.get(n.args[0]), torch.Tensor):
             held = self.info.get(n.args[0])   # picking from a tuple (split, chunk, a module's outputs)
             return held[args[1]] if isinstance(held, (tuple, list)) else None
-        occurrence = iter(range(1 << 20))
+        occurrence = itertools.count()
 
         def label(x, positions: bool):
             if not isinstance(x, fx.Node):
@@ -256,8 +258,8 @@ class Walker(fx.Interpreter):
             return torch.from_numpy(np.ascontiguousarray(ids)).reshape(view).expand(value.shape)
 
         try:
-            res, where = (self._replay(n, *(fx.node.map_arg(a, lambda x: label(x, pos))
-                                           for a in (n.args, n.kwargs))) for pos in (False, True))
+            res, where = (self._replay(n, module, *(fx.node.map_arg(a, lambda x: label(x, pos))
+                                                   for a in (n.args, n.kwargs))) for pos in (False, True))
         except Exception:  # an op that cannot run on int64 labels: be safe, freeze
             return self._unknown(n, args, kwargs, out)
         if any(t.dtype != torch.int64 for t in _flat_tensors(res)):
@@ -267,13 +269,15 @@ class Walker(fx.Interpreter):
         source = next((self.info.get(a) for a in n.all_input_nodes
                        if isinstance(self.info.get(a), TInfo)), None)
         if source is not None:
-            why = constrain(self, n, args, kwargs, source, self._tensors(infos))
+            why = constrain(self, n, args, kwargs, source, self._tensors(infos), module)
             if why:
                 return self._unknown(n, args, kwargs, out, why)
         return infos
 
     @staticmethod
-    def _replay(n: fx.Node, largs, lkwargs):
+    def _replay(n: fx.Node, module, largs, lkwargs):
+        if module is not None:
+            return module(*largs, **lkwargs)
         if n.op == "call_method":
             return getattr(largs[0], n.target)(*largs[1:], **lkwargs)
         return n.target(*largs, **lkwargs)
