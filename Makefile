@@ -23,7 +23,7 @@ $(FMNIST):
 	fi
 
 demo: setup
-	$(VPY) -m secateur.demo
+	OMP_WAIT_POLICY=PASSIVE $(VPY) -m secateur.demo
 
 test: setup
 	$(VPY) -m pytest -n 2 --dist loadgroup

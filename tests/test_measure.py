@@ -99,3 +99,31 @@ def test_ratio_and_table() -> None:
     lines = table({"base": base, "pruned": pruned}).splitlines()
     assert len(lines) == 3 and lines[2].startswith("pruned") and "(0.25x)" in lines[2]
     assert len({len(line) for line in lines}) == 1  # aligned: right-justified columns end together
+
+
+def test_timing_on_several_threads_warns_once_without_passive_wait_policy(monkeypatch) -> None:
+    from secateur.measure import _measure
+
+    monkeypatch.setattr(_measure, "_warned_wait_policy", False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    with pytest.warns(RuntimeWarning, match=r"OMP_WAIT_POLICY=PASSIVE.*before importing torch") as caught:
+        measure(tiny_net(), X, repeats=1, warmup=0, threads=2)
+        measure(tiny_net(), X, repeats=1, warmup=0, threads=2)
+    assert len([w for w in caught if "OMP_WAIT_POLICY" in str(w.message)]) == 1   # once
+    assert "\n" not in str(caught[0].message) and caught[0].filename == __file__
+
+
+@pytest.mark.parametrize("policy, threads, latency", [("PASSIVE", 2, True), ("passive", 2, True),
+                                                       ("ACTIVE", 1, True), ("ACTIVE", 2, False)])
+def test_no_wait_policy_warning_when_passive_single_threaded_or_untimed(monkeypatch, policy, threads,
+                                                                        latency) -> None:
+    import warnings
+
+    from secateur.measure import _measure
+
+    monkeypatch.setattr(_measure, "_warned_wait_policy", False)
+    monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        measure(tiny_net(), X, latency=latency, repeats=1, warmup=0, threads=threads)
+    assert not _measure._warned_wait_policy

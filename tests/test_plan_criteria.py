@@ -90,7 +90,7 @@ def test_mac_target_is_met_as_flop_counter_counts_it(target, global_ranking):
     small = secateur.prune(model, x, L1(), target_macs=target, global_ranking=global_ranking, round_to=2)
     base, cut = secateur.measure(model, x, latency=False), secateur.measure(small, x, latency=False)
     ratio = cut.macs / base.macs
-    assert target - 0.05 <= ratio <= target + 1e-3, ratio
+    assert target - 0.01 <= ratio <= target + 1e-3, ratio   # the top-up fills the budget
 
 
 def test_unreachable_target_names_the_best_reachable():

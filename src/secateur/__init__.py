@@ -4,8 +4,11 @@
     small = secateur.prune(model, x, secateur.criteria.L1(), target_macs=0.5)
     stats = secateur.measure(small, x)               # params, MACs, latency, bytes on disk
     secateur.save(small, "out/"); again = secateur.load("out/", model=fresh_model)
+
+Training and the training-time methods: ``secateur.data`` (Fashion-MNIST, CIFAR binary, ImageFolder),
+``secateur.train.fit`` and ``secateur.methods`` (slimming, ista, magnitude).
 """
-from . import criteria, models
+from . import criteria, data, methods, models, train
 from .graph import ChannelGroup, Graph, TraceError, trace
 from .io import LoadError, load, save
 from .measure import Stats, measure, table
@@ -14,5 +17,5 @@ from .prune import plan_pruning, prune
 from .surgery import apply, silence
 
 __all__ = ["trace", "prune", "plan_pruning", "apply", "silence", "measure", "table", "save", "load", "criteria",
-           "models", "Graph", "ChannelGroup", "Plan", "Target", "Stats", "TraceError", "TargetError",
+           "data", "methods", "models", "train", "Graph", "ChannelGroup", "Plan", "Target", "Stats", "TraceError", "TargetError",
            "LoadError"]

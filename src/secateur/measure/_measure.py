@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -27,12 +29,13 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, inputs: Inputs) -> int:
+def count_macs(model: nn.Module, inputs: Inputs | torch.Tensor) -> int:
     """MACs of one ``model(*inputs)``: ``torch.utils.flop_counter.FlopCounterMode`` FLOPs ÷ 2.
 
     Counts the matmul-like ops torch knows (convolutions, linear, matmul, attention); elementwise
     ops such as BN, activations and adds are not counted. Run it under eval and ``no_grad``.
     """
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
     with FlopCounterMode(display=False) as counter:
         model(*inputs)
     return counter.get_total_flops() // 2
@@ -105,6 +108,22 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+_warned_wait_policy = False
+
+
+def _check_wait_policy(threads: int, device: torch.device) -> None:
+    """Warn once per process when CPU latency is timed on several threads while OpenMP threads may
+    spin (``OMP_WAIT_POLICY`` not PASSIVE); the policy is read when torch loads, so only warn."""
+    global _warned_wait_policy
+    if (_warned_wait_policy or threads <= 1 or device.type != "cpu"
+            or os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"):
+        return
+    _warned_wait_policy = True
+    warnings.warn(f"secateur.measure: timing latency on {threads} threads without OMP_WAIT_POLICY=PASSIVE; "
+                  f"spinning OpenMP threads can distort it: set OMP_WAIT_POLICY=PASSIVE in the environment "
+                  f"before importing torch (or pass threads=1)", RuntimeWarning, stacklevel=3)
+
+
 def _latency(model: nn.Module, inputs: Inputs, *, repeats: int, warmup: int,
              channels_last: bool) -> tuple[float, float]:
     """Median and interquartile range of the forward time, in milliseconds."""
@@ -137,7 +156,8 @@ def measure(
     for the latency runs only. Latency is the median of ``repeats`` timed runs after ``warmup``
     untimed ones, with the interquartile range as spread; ``threads`` sets ``torch.set_num_threads``
     for the measurement, ``channels_last`` times a channels-last copy. The model is left as it was:
-    same training flags, memory format and thread count.
+    same training flags, memory format and thread count. Timing on the CPU with more than one thread
+    warns (once) unless ``OMP_WAIT_POLICY=PASSIVE`` was set before torch was imported.
 
     Raises ``ValueError`` (one line) when the forward fails on these inputs, e.g. a wrong shape.
     """
@@ -150,6 +170,7 @@ def measure(
         macs = count_macs(model, inputs)
         median = spread = None
         if latency:
+            _check_wait_policy(torch.get_num_threads(), inputs[0].device if inputs else torch.device("cpu"))
             timed = inputs if batch is None else _with_batch(inputs, batch)
             median, spread = _latency(model, timed, repeats=repeats, warmup=warmup,
                                       channels_last=channels_last)

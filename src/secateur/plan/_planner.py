@@ -1,13 +1,14 @@
 """From unit scores and a target to a Plan: uniform or global ranking, by amount or by MAC budget."""
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..graph import Graph
+from ..graph import Graph, Role
 from ._plan import Plan, estimate_macs, site_masks
 
 
@@ -18,17 +19,27 @@ class TargetError(ValueError):
 @dataclass(frozen=True)
 class Target:
     """What to remove. Exactly one of ``amount`` (fraction of each group's channels, or of all
-    channels with ``global_ranking``) and ``macs`` (fraction of the model's conv/linear MACs to keep)."""
+    channels with ``global_ranking``), ``macs`` (fraction of the model's conv/linear MACs to keep) and
+    ``threshold`` (remove every unit scoring at most this, e.g. 0.0 for the exact zeros of ISTA).
+
+    normalize: compare scores across groups (global ranking, threshold) after dividing each group's
+    scores by their mean (the default), or raw (Network Slimming's one threshold on |gamma|).
+    """
 
     amount: float | None = None
     macs: float | None = None
+    threshold: float | None = None
     global_ranking: bool = False
+    normalize: bool = True
     min_channels: int = 1
     round_to: int = 1
 
     def __post_init__(self):
-        if (self.amount is None) == (self.macs is None):
-            raise ValueError("give exactly one of amount= and target_macs=")
+        if sum(v is not None for v in (self.amount, self.macs, self.threshold)) != 1:
+            raise ValueError("give exactly one of amount=, target_macs= and threshold=")
+        if self.threshold is not None and not (isinstance(self.threshold, (int, float))
+                                               and math.isfinite(self.threshold)):
+            raise ValueError(f"threshold={self.threshold!r} must be a finite number")
         if self.amount is not None and not (isinstance(self.amount, (int, float)) and 0 <= self.amount < 1):
             raise ValueError(f"amount={self.amount!r} must be in [0, 1): the fraction of channels to remove")
         if self.macs is not None and not (isinstance(self.macs, (int, float)) and 0 < self.macs <= 1):
@@ -47,11 +58,14 @@ class _Groups:
         self.order = {}   # group -> unit indices, least important first
         self.cap = {}     # group -> most units that may go
         self.step = {}    # group -> kept units must be a multiple of this
+        self.keys = {}    # group -> scores (normalised by the group's mean if asked), least important first
         for g in self.ids:
             group, s = graph.groups[g], np.asarray(scores[g], dtype=np.float64)
             if s.shape != (group.size,):
                 raise ValueError(f"criterion gave {s.shape} scores for group {g} of {group.size} units")
             self.order[g] = np.argsort(s, kind="stable")
+            mean = s.mean()
+            self.keys[g] = (s / mean if t.normalize and mean > 0 else s)[self.order[g]]
             keep_min = max(1, math.ceil(t.min_channels / group.width))
             self.step[g] = t.round_to // math.gcd(t.round_to, group.width)
             keep_min = math.ceil(keep_min / self.step[g]) * self.step[g]
@@ -80,20 +94,112 @@ def _uniform(gs: _Groups, amount: float) -> dict[int, int]:
     return {g: int(amount * gs.sizes[g]) for g in gs.ids}
 
 
-def _global(gs: _Groups, scores: Mapping[int, np.ndarray], k: int) -> dict[int, int]:
-    """Remove the ``k`` lowest units network-wide (scores normalised by their group's mean)."""
+def _global(gs: _Groups, k: int) -> dict[int, int]:
+    """Remove the ``k`` lowest units network-wide (by ``gs.keys``)."""
     if not gs.ids:
         return {}
-    keys, owner = [], []
-    for g in gs.ids:
-        s = np.asarray(scores[g], dtype=np.float64)
-        mean = s.mean()
-        keys.append(np.sort(s / mean if mean > 0 else s)[: gs.cap[g]])
-        owner.append(np.full(gs.cap[g], g))
-    keys, owner = np.concatenate(keys), np.concatenate(owner)
+    keys = np.concatenate([gs.keys[g][: gs.cap[g]] for g in gs.ids])
+    owner = np.concatenate([np.full(gs.cap[g], g) for g in gs.ids])
     chosen = owner[np.argsort(keys, kind="stable")[:k]]
     counts = np.bincount(np.searchsorted(gs.ids, chosen), minlength=len(gs.ids))
     return {g: int(c) for g, c in zip(gs.ids, counts)}
+
+
+def _below(gs: _Groups, threshold: float) -> dict[int, int]:
+    """Remove every unit whose key is at most ``threshold``."""
+    return {g: int(np.searchsorted(gs.keys[g], threshold, side="right")) for g in gs.ids}
+
+
+class _MacBook:
+    """``estimate_macs`` kept up to date as units are given back, one group step at a time.
+
+    MACs are bilinear in each layer's kept input and output counts, so giving units back to a group
+    only changes the layers whose IN/OUT sites it touches: each what-if costs a few multiplications.
+    """
+
+    def __init__(self, graph: Graph, facts, gs: _Groups, removed: Mapping[int, int]):
+        self.facts, self.gs, self._graph = facts, gs, graph
+        self.positions: dict[str, int] = {}
+        for call in graph.calls:
+            self.positions[call.module] = self.positions.get(call.module, 0) + call.positions
+        masks = site_masks(graph, gs.masks(removed))
+        self.kept: dict[tuple[str, Role], int] = {}   # as estimate_macs counts them
+        for s in graph.sites:
+            if s.role in (Role.IN, Role.OUT) and id(s) in masks:
+                self.kept[(s.module, s.role)] = int(masks[id(s)].sum())
+        self.total = sum(self._layer(m, self.kept) for m in self.positions)
+        self._touch: dict[int, list[tuple[tuple[str, Role], np.ndarray]]] = {}
+
+    def _layer(self, module: str, kept: Mapping[tuple[str, Role], int]) -> int:
+        f = self.facts[module]
+        c_in = kept.get((module, Role.IN), f.c_in)
+        c_out = kept.get((module, Role.OUT), f.c_out)
+        per_in = 1 if f.groups > 1 and f.c_in == f.groups else c_in // f.groups
+        return self.positions[module] * c_out * per_in * f.kernel
+
+    def touch(self, g: int) -> list[tuple[tuple[str, Role], np.ndarray]]:
+        """(module, role) of each weighted site of group ``g``, with the cumulative count of its
+        positions carried by the group's units in removal order (``cum[r]``: the first ``r``)."""
+        if g not in self._touch:
+            counts: dict[tuple[str, Role], np.ndarray] = {}
+            size = self.gs.sizes[g]
+            for m in self._graph.groups[g].members:
+                key = (m.site.module, m.site.role)
+                if m.site.role in (Role.IN, Role.OUT) and m.site.module in self.positions:
+                    c = np.bincount(m.unit, minlength=size)
+                    counts[key] = counts[key] + c if key in counts else c
+            self._touch[g] = [(k, np.concatenate([[0], np.cumsum(c[self.gs.order[g]])]))
+                              for k, c in counts.items()]
+        return self._touch[g]
+
+    def restore(self, g: int, r_from: int, r_to: int, budget: float) -> bool:
+        """Give back units ``r_to:r_from`` (in removal order) of group ``g`` if the MACs stay within
+        ``budget``; say whether it did."""
+        kept = dict(self.kept)
+        for key, cum in self.touch(g):
+            kept[key] = kept.get(key, self._full(key)) + int(cum[r_from] - cum[r_to])
+        modules = {key[0] for key, _ in self.touch(g)}
+        delta = sum(self._layer(m, kept) - self._layer(m, self.kept) for m in modules)
+        if self.total + delta > budget:
+            return False
+        self.kept, self.total = kept, self.total + delta
+        return True
+
+    def _full(self, key: tuple[str, Role]) -> int:
+        f = self.facts[key[0]]
+        return f.c_in if key[1] is Role.IN else f.c_out
+
+
+def _top_up(graph: Graph, facts, gs: _Groups, removed: Mapping[int, int], budget: float, global_ranking: bool) -> dict[int, int]:
+    """Give units back while the MACs stay within ``budget``: integer (and ``round_to``) removals
+    leave the bisection's plan short of the budget, most on models with many small groups.
+
+    One step of one group at a time (``round_to``'s step, so ``min_channels`` and the rounding
+    hold), best candidate first; a candidate that does not fit is dropped for good (MACs grow with
+    each layer's kept counts, so giving units back elsewhere only makes it dearer). Global ranking: the candidate whose restored units include
+    the highest normalised score network-wide, any number of steps per group. Uniform: every group
+    gets at most one step back, the most pruned (largest removed fraction) first, ties to the higher
+    normalised score; this continues the bisection's lowering of the fraction x past the point
+    where many groups would switch together, so amounts stay within one step of uniform.
+    """
+    r = {g: gs.rounded(g, removed.get(g, 0)) for g in gs.ids}
+    book = _MacBook(graph, facts, gs, r)
+    norm = gs.keys
+
+    def entry(g: int):
+        top = norm[g][r[g] - 1]  # the most important of the units the next step gives back
+        return ((-top,) if global_ranking else (-r[g] / gs.sizes[g], -top), g)
+
+    heap = [entry(g) for g in gs.ids if r[g] > 0]
+    heapq.heapify(heap)
+    while heap:
+        _, g = heapq.heappop(heap)
+        kept = min(gs.sizes[g], gs.sizes[g] - r[g] + gs.step[g])
+        if book.restore(g, r[g], gs.sizes[g] - kept, budget):
+            r[g] = gs.sizes[g] - kept
+            if global_ranking and r[g] > 0:
+                heapq.heappush(heap, entry(g))
+    return r
 
 
 def make_plan(graph: Graph, scores: Mapping[int, np.ndarray], target: Target, facts) -> Plan:
@@ -103,13 +209,15 @@ def make_plan(graph: Graph, scores: Mapping[int, np.ndarray], target: Target, fa
 
     def removals(x: float) -> dict[int, int]:
         if target.global_ranking:
-            return _global(gs, scores, int(round(x * capacity)))
+            return _global(gs, int(round(x * capacity)))
         return _uniform(gs, x)
 
+    if target.threshold is not None:
+        return Plan.from_masks(gs.masks(_below(gs, target.threshold)))
     if target.amount is not None:
         if target.global_ranking:
             total = sum(gs.sizes.values())
-            return Plan.from_masks(gs.masks(_global(gs, scores, int(target.amount * total))))
+            return Plan.from_masks(gs.masks(_global(gs, int(target.amount * total))))
         return Plan.from_masks(gs.masks(_uniform(gs, target.amount)))
 
     base = estimate_macs(graph, facts, {})
@@ -119,11 +227,11 @@ def make_plan(graph: Graph, scores: Mapping[int, np.ndarray], target: Target, fa
         return estimate_macs(graph, facts, site_masks(graph, gs.masks(removals(x))))
 
     hi = 1.0 if target.global_ranking else 1.0 - 1e-9
-    best = macs(hi)
-    if best > budget:
+    least = macs(hi)
+    if least > budget:
         raise TargetError(f"target_macs={target.macs} is out of reach: the most this model can be pruned "
                           f"(min_channels={target.min_channels}, round_to={target.round_to}) keeps "
-                          f"{best / base:.5f} of its MACs")
+                          f"{least / base:.5f} of its MACs")
     lo = 0.0
     for _ in range(40):  # bisection on the fraction removed: MACs fall as it grows
         mid = (lo + hi) / 2
@@ -133,4 +241,9 @@ def make_plan(graph: Graph, scores: Mapping[int, np.ndarray], target: Target, fa
             lo = mid
         if hi - lo < 1e-6:
             break
-    return Plan.from_masks(gs.masks(removals(hi)))
+    # integer removals leave the bisection short of the budget: give units back while it holds
+    chosen = removals(hi)
+    topped = _top_up(graph, facts, gs, chosen, budget, target.global_ranking)
+    if estimate_macs(graph, facts, site_masks(graph, gs.masks(topped))) <= budget:  # a cheap guard
+        chosen = topped
+    return Plan.from_masks(gs.masks(chosen))

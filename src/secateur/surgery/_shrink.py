@@ -99,21 +99,26 @@ def sync_widths(m: nn.Module, width: int | None = None) -> None:
         m.num_parameters = width
 
 
-def zero_in_(m: nn.Module, positions: np.ndarray) -> None:
-    """Zero the weights that read input channels ``positions`` (the channels then contribute nothing)."""
+def scale_in_(m: nn.Module, positions: np.ndarray, factor: float) -> None:
+    """Multiply the weights that read input channels ``positions`` by ``factor``."""
     idx = torch.as_tensor(positions, dtype=torch.long)
     with torch.no_grad():
         if isinstance(m, nn.Linear):
-            m.weight[:, idx] = 0
+            m.weight[:, idx] *= factor
         elif m.transposed:
-            m.weight[idx] = 0
+            m.weight[idx] *= factor
         elif m.groups == 1:
-            m.weight[:, idx] = 0
+            m.weight[:, idx] *= factor
         else:                           # grouped: input channel c is position c % per_in of group c // per_in
             per_in, per_out = m.in_channels // m.groups, m.out_channels // m.groups
             for c in positions.tolist():
                 k, p = divmod(c, per_in)
-                m.weight[k * per_out:(k + 1) * per_out, p] = 0
+                m.weight[k * per_out:(k + 1) * per_out, p] *= factor
+
+
+def zero_in_(m: nn.Module, positions: np.ndarray) -> None:
+    """Zero the weights that read input channels ``positions`` (the channels then contribute nothing)."""
+    scale_in_(m, positions, 0.0)
 
 
 def in_contribution(m: nn.Module, values: np.ndarray) -> torch.Tensor | None:

@@ -1,0 +1,228 @@
+"""Training-time methods on real Fashion-MNIST: Network Slimming, ISTA on gamma, Han's magnitude pruning,
+and the speed of ``fit``; Torch-Pruning 1.6.1's BNScalePruner side by side on the same sparse model.
+
+    python benchmarks/training.py --quick     # 6,000 training images, short budgets (about 30 min)
+    python benchmarks/training.py             # all 60,000, the budgets below (hours on 2 CPU cores)
+
+Every row starts from the same baseline checkpoint and gets the same fine-tune budget; accuracy is on
+the full 10,000-image test split. Stage checkpoints go to benchmarks/.cache/ so a rerun resumes.
+"""
+from __future__ import annotations
+
+import _common  # noqa: F401  (sets OMP_WAIT_POLICY before torch is imported)
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+import secateur
+from secateur.data import fashion_mnist
+from secateur.io import save_sparse, sparse_bytes
+from secateur.io._state import serialized_size
+from secateur.methods import ISTA, Magnitude, Slimming, ista, magnitude, slimming
+from secateur.methods.slimming import prune_by
+from secateur.plan import Target
+from secateur.train import Optim, evaluate, fit
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / ".cache"
+BASELINES = HERE / "baselines"
+X = torch.zeros(1, 1, 28, 28)
+# Slimming's lambda acts through sum(lr) over training: the paper's CIFAR schedule (160 epochs of 391
+# steps at lr 0.1 / 0.01 / 0.001) sums to about 3,300. Our budgets are far shorter, so each lambda is
+# scaled to give the same total L1 shift; rows name the paper's lambda and record the one used.
+PAPER_SUM_LR = 0.1 * 80 * 391 + 0.01 * 40 * 391 + 0.001 * 40 * 391
+ISTA_SHRINK = 0.5   # ISTA: rho is set so that sum(lr) * rho, the most a gamma can shrink, is this
+BUDGETS = {  # epochs
+    "quick": dict(subset=6000, base=3, sparsity=2, finetune=1, han=(0.8, 1.2, 1.2, 1.2), han_epochs=1),
+    "full": dict(subset=None, base=15, sparsity=10, finetune=5, han=(0.8, 1.2, 1.2, 1.2), han_epochs=2),
+}
+
+
+def loaders(subset: int | None, seed: int = 0):
+    train = fashion_mnist("train")
+    if subset:
+        train = Subset(train, torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:subset].tolist())
+    return (DataLoader(train, batch_size=128, shuffle=True, drop_last=True),
+            DataLoader(fashion_mnist("test"), batch_size=500))
+
+
+def baseline(name: str, mode: str, train, test, epochs: int) -> torch.nn.Module:
+    """Train once and keep the weights: committed under baselines/ for the full run."""
+    path = (BASELINES if mode == "full" else CACHE) / f"{name}-fashion-mnist-{mode}.safetensors"
+    torch.manual_seed(0)
+    model = secateur.models.create_model(name, in_channels=1)
+    if path.exists():
+        model.load_state_dict(secateur.io.load_state_dict_file(path))
+        return model
+    fit(model, train, epochs=epochs, optim=Optim(lr=0.1, weight_decay=5e-4), eval_loader=test,
+        checkpoint=CACHE / mode / f"{name}-base", resume=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return model
+
+
+def latency_ratio(base, small, batch: int = 64) -> float:
+    x = torch.randn(batch, 1, 28, 28)
+    t = _common.interleaved_latency({"b": copy.deepcopy(base).cpu(), "s": copy.deepcopy(small).cpu()}, x,
+                                    repeats=10, warmup=2)
+    return t["s"][0] / t["b"][0]
+
+
+def method_row(model_name, tool, method, base, acc_base, pruned_rec, final_rec, final_model, ft, **extra):
+    b = {"params": secateur.measure.count_params(base), "macs": secateur.measure.count_macs(base.eval(), X)}
+    return _common.row(model=model_name, tool=tool, method=method, macs_ratio=final_rec["macs"] / b["macs"],
+                       params_ratio=final_rec["params"] / b["params"], latency_ratio=latency_ratio(base, final_model),
+                       batch=64, acc_base=acc_base, acc_pruned=pruned_rec.get("acc"),
+                       acc_finetuned=final_rec.get("acc"), finetune_epochs=ft, **extra)
+
+
+def speed(train, n_batches: int = 20) -> list[dict]:
+    """images/s of fit vs a plain loop (same model, layout, optimiser, batches), interleaved."""
+    batches = [b for _, b in zip(range(n_batches), train)]
+    def plain(model):
+        model.train().to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        start = time.perf_counter()
+        for x, y in batches:
+            loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return len(batches) * 128 / (time.perf_counter() - start)
+    def ours(model):
+        return fit(model, batches, epochs=1, optim=Optim(lr=0.01), progress=False)[0]["images_per_s"]
+    torch.manual_seed(0)
+    net = secateur.models.create_model("vgg8", in_channels=1)
+    runs = {"plain": [], "fit": []}
+    for _ in range(3):
+        for name, f in (("plain", plain), ("fit", ours)):
+            runs[name].append(f(copy.deepcopy(net)))
+    p, q = max(runs["plain"]), max(runs["fit"])
+    return [_common.row(model="vgg8", tool="secateur", method="fit-speed", images_per_s_plain=p,
+                        images_per_s_fit=q, overhead=1 - q / p)]
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv[1:])
+    _common.setup()
+    mode = "quick" if args.quick else "full"
+    B = BUDGETS[mode]
+    ck = CACHE / mode
+    train, test = loaders(B["subset"])
+    rows = speed(train)
+    name = "vgg8"
+    base = baseline(name, mode, train, test, B["base"])
+    acc_base = evaluate(base, test)["acc"]
+    print(f"baseline {name}: test acc {acc_base:.4f}")
+    sgd = Optim(lr=0.01, weight_decay=1e-4)
+    sparse_sgd = Optim(lr=0.05, weight_decay=1e-4)
+    sum_lr = sum(sparse_sgd.lr_at(e, B["sparsity"]) for e in range(B["sparsity"])) * len(train)
+    hist = {}
+    for lam in (0.0, 1e-5, 1e-4):
+        cfg = Slimming(sparsity=lam * PAPER_SUM_LR / sum_lr, amount=0.7, sparsity_epochs=B["sparsity"],
+                       finetune_epochs=B["finetune"], optim=sparse_sgd, finetune_optim=sgd)
+        res = slimming(base, train, X, cfg, eval_loader=test, checkpoint=ck / f"slim-{lam:g}", resume=True)
+        hist[lam] = res.last("sparse")["gammas"]
+        rows.append(method_row(name, "secateur", f"slimming λ={lam:g}", base, acc_base, res.last("pruned"),
+                               res.last("finetuned"), res.model, B["finetune"], target={"amount": 0.7},
+                               acc_sparse=res.last("sparse")["acc"], sparsity_epochs=B["sparsity"],
+                               lambda_used=cfg.sparsity))
+    sparse = secateur.models.create_model(name, in_channels=1)
+    sparse.load_state_dict(secateur.io.load_state_dict_file(ck / "slim-0.0001" / "pass0-sparsity" / "model.safetensors"))
+    rows.append(anchor(name, base, sparse, acc_base, train, test, sgd, B, ck))
+    rows += ista_vs_slimming(name, base, sparse, acc_base, train, test, sparse_sgd, sgd, ISTA_SHRINK / sum_lr, B, ck)
+    rows.append(han(name, base, acc_base, train, test, B, ck))
+    plot_gammas(hist, _common.RESULTS / f"training{'_quick' if args.quick else ''}_gammas.png")
+    out = _common.write_results("training_quick" if args.quick else "training", rows, argv)
+    _common.print_table(rows, [("method", "method"), ("tool", "tool"), ("MACs", "macs_ratio"),
+                               ("params", "params_ratio"), ("latency", "latency_ratio"), ("base", "acc_base"),
+                               ("pruned", "acc_pruned"), ("tuned", "acc_finetuned"),
+                               ("zero γ", "zero_gammas"), ("compr.", "compression"), ("overhead", "overhead")],
+                        title=f"training ({mode}); written to {out}")
+
+
+def anchor(name, base, sparse, acc_base, train, test, sgd, B, ck) -> dict:
+    """Torch-Pruning's BNScalePruner (same L1 regulariser as ours) on our λ=1e-4 sparse model."""
+    import torch_pruning as tp
+    model = copy.deepcopy(sparse)
+    try:
+        pruner = tp.pruner.BNScalePruner(model, X, importance=tp.importance.BNScaleImportance(), reg=1e-4,
+                                         global_pruning=True, pruning_ratio=0.7, ignored_layers=[model.classifier])
+        pruner.step()
+        pruned = {"acc": evaluate(model, test)["acc"]}
+        fit(model, train, epochs=B["finetune"], optim=sgd, eval_loader=test, checkpoint=ck / "tp-finetune-run",
+            resume=True)
+        final = {"acc": evaluate(model, test)["acc"], "params": secateur.measure.count_params(model),
+                 "macs": secateur.measure.count_macs(model.eval(), X)}
+        return method_row(name, "torch-pruning", "slimming λ=0.0001", base, acc_base, pruned, final, model,
+                          B["finetune"], target={"amount": 0.7})
+    except Exception as e:  # a failing anchor is a row, not a crash
+        return _common.row(model=name, tool="torch-pruning", method="slimming λ=0.0001", ok=False,
+                           error=_common.error_line(e))
+
+
+def ista_vs_slimming(name, base, sparse, acc_base, train, test, sparse_sgd, sgd, rho, B, ck) -> list[dict]:
+    cfg = ISTA(rho=rho, sparsity_epochs=B["sparsity"], finetune_epochs=B["finetune"], optim=sparse_sgd,
+               finetune_optim=sgd)
+    res = ista(base, train, X, cfg, eval_loader=test, checkpoint=ck / "ista", resume=True)
+    s = res.last("sparse")
+    rows = [method_row(name, "secateur", f"ista ρ={rho:.3g}", base, acc_base, res.last("pruned"), res.last("finetuned"),
+                       res.model, B["finetune"], target={"threshold": 0.0}, zero_gammas=s["zero_gammas"],
+                       total_gammas=s["total_gammas"], max_rel_diff=res.last("pruned")["max_rel_diff"], acc_sparse=s["acc"])]
+    macs = res.last("pruned")["macs"] / secateur.measure.count_macs(base.eval(), X)
+    try:
+        small = prune_by(sparse, X, Target(macs=max(macs, 0.01), global_ranking=True, normalize=False))
+        pruned = {"acc": evaluate(small, test)["acc"]}
+        fit(small, train, epochs=B["finetune"], optim=sgd, eval_loader=test, checkpoint=ck / "slim-at-ista-macs",
+            resume=True)
+        final = {"acc": evaluate(small, test)["acc"], "params": secateur.measure.count_params(small),
+                 "macs": secateur.measure.count_macs(small.eval(), X)}
+        zeros = sum(int((m.weight == 0).sum()) for m in sparse.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        rows.append(method_row(name, "secateur", "slimming λ=1e-4 @ ISTA's MACs", base, acc_base, pruned, final,
+                               small, B["finetune"], target={"macs": macs}, zero_gammas=zeros))
+    except secateur.TargetError as e:
+        rows.append(_common.row(model=name, tool="secateur", method="slimming @ ISTA's MACs", ok=False,
+                                error=_common.error_line(e)))
+    return rows
+
+
+def han(name, base, acc_base, train, test, B, ck) -> dict:
+    cfg = Magnitude(qualities=B["han"], epochs=B["han_epochs"], optim=Optim(lr=0.005, weight_decay=1e-4))
+    res = magnitude(base, train, X, cfg, eval_loader=test, checkpoint=ck / "han", resume=True)
+    last = res.last("retrained")
+    sizes = {"bytes_dense": serialized_size(res.model)}
+    for values in ("fp16", "int8"):
+        path = save_sparse(res.model, CACHE / f"han-{values}", values=values, overwrite=True)
+        sizes[f"bytes_sparse_{values}"] = sparse_bytes(path)
+    return method_row(name, "secateur", "han (unstructured)", base, acc_base, res.last("pruned"), last, res.model,
+                      B["han_epochs"] * len(B["han"]), compression=last["compression"], **sizes,
+                      note="dense kernels: no speed-up expected from unstructured sparsity")
+
+
+def plot_gammas(hist: dict[float, list[float]], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(hist), figsize=(4 * len(hist), 3), sharey=True)
+    for ax, (lam, g) in zip(axes, hist.items()):
+        ax.hist(g, bins=50, color="tab:blue")
+        ax.set_title(f"λ = {lam:g}")
+        ax.set_xlabel("|γ| after sparsity training")
+    axes[0].set_ylabel("BN channels")
+    fig.suptitle("Network Slimming, VGG-8 on Fashion-MNIST (paper Fig. 4)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,18 @@
+"""The published recipes, each one call that ends in a smaller (or sparser) model and its records.
+
+    result = slimming(model, train_loader, x, Slimming(sparsity=1e-4, amount=0.7), eval_loader=test)
+    result = ista(model, train_loader, x, ISTA(rho=1e-3), eval_loader=test)
+    result = magnitude(model, train_loader, x, Magnitude(qualities=(0.7, 1.0, 1.0)), eval_loader=test)
+    result.model, result.records                      # the new model; one record per stage
+
+The caller's model is never changed. Each method is a small frozen config plus the callbacks it adds
+to ``secateur.train.fit`` (SparsityL1, ProximalL1, HoldMasks), usable on their own.
+"""
+from ._common import Result
+from ._magnitude_masks import HoldMasks, apply_masks_, magnitude_masks, sparsity
+from .ista import ISTA, ProximalL1, ista, rescale
+from .magnitude import Magnitude, magnitude
+from .slimming import Slimming, SparsityL1, slimming
+
+__all__ = ["ISTA", "HoldMasks", "Magnitude", "ProximalL1", "Result", "Slimming", "SparsityL1", "apply_masks_",
+           "ista", "magnitude", "magnitude_masks", "rescale", "slimming", "sparsity"]

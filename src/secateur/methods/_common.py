@@ -1,0 +1,55 @@
+"""Machinery the training-time methods share: BN layers, per-stage records, checkpoint sub-directories."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..measure import count_macs, count_params
+from ..train import evaluate
+
+BN = nn.modules.batchnorm._BatchNorm
+
+
+@dataclass
+class Result:
+    """What a method returns: the final ``model`` (a new object) and one record per stage, e.g.
+    ``{"stage": "pruned", "pass": 0, "params": ..., "macs": ..., "acc": ...}``."""
+
+    model: nn.Module
+    records: list[dict] = field(default_factory=list)
+    masks: dict[str, torch.Tensor] | None = None   # unstructured methods: True where a weight is kept
+
+    def last(self, stage: str) -> dict:
+        return next(r for r in reversed(self.records) if r["stage"] == stage)
+
+
+def bn_layers(model: nn.Module) -> dict[str, BN]:
+    """Every BatchNorm with a learnable scale, by module name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, BN) and m.weight is not None}
+
+
+def record(stage: str, model: nn.Module, example_inputs, eval_loader=None, **extra) -> dict:
+    """Params, MACs (FlopCounterMode) and, with ``eval_loader``, test accuracy of ``model`` now."""
+    device = next(model.parameters()).device
+    x = example_inputs.to(device) if isinstance(example_inputs, torch.Tensor) else example_inputs
+    was_training = model.training
+    with torch.no_grad():
+        macs = count_macs(model.eval(), x)
+    model.train(was_training)
+    out = {"stage": stage, **extra, "params": count_params(model), "macs": macs}
+    if eval_loader is not None:
+        out["acc"] = evaluate(model, eval_loader)["acc"]
+    return out
+
+
+def subdir(checkpoint: str | Path | None, name: str) -> Path | None:
+    return None if checkpoint is None else Path(checkpoint) / name
+
+
+def check_epochs(**epochs: int) -> None:
+    for name, value in epochs.items():
+        if not (isinstance(value, int) and value >= 0):
+            raise ValueError(f"{name}={value!r} must be an integer >= 0")

@@ -1,0 +1,61 @@
+"""Han et al. (NIPS 2015): prune connections below quality x std per layer, retrain with the mask held,
+repeat. The result is a sparse model of the same shape: smaller on disk (``secateur.io.save_sparse``),
+not faster (dense kernels do the same work on zeros).
+
+    result = magnitude(model, train_loader, x, Magnitude(qualities=(0.7, 1.0, 1.0), epochs=2))
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from ..train import Optim, fit
+from ._common import Result, check_epochs, record, subdir
+from ._magnitude_masks import HoldMasks, apply_masks_, magnitude_masks, sparsity
+
+
+@dataclass(frozen=True)
+class Magnitude:
+    """qualities: one prune-and-retrain round per entry; each round removes the weights below
+    quality x std of the layer's surviving weights, so repeating a value keeps pruning.
+    epochs: retraining epochs per round. layers: module names to prune (default every conv/linear)."""
+
+    qualities: tuple[float, ...] = (0.7, 1.0, 1.0)
+    epochs: int = 2
+    layers: tuple[str, ...] | None = None
+    optim: Optim = field(default_factory=lambda: Optim(lr=0.01))
+
+    def __post_init__(self):
+        if not self.qualities or any(not (isinstance(q, (int, float)) and q >= 0) for q in self.qualities):
+            raise ValueError(f"qualities={self.qualities!r} must be a non-empty sequence of numbers >= 0")
+        check_epochs(epochs=self.epochs)
+
+
+def magnitude(model: nn.Module, train_loader, example_inputs, config: Magnitude = Magnitude(), *,
+              eval_loader=None, checkpoint=None, resume: bool = False, progress: bool = True,
+              seed: int = 0) -> Result:
+    """Iterative magnitude pruning of a copy of ``model``. Records per round: "pruned" (before
+    retraining) and "retrained", each with ``nonzero``, ``total`` and ``compression`` (total/nonzero)
+    over the pruned layers; ``result.masks`` holds the final masks."""
+    model = copy.deepcopy(model)
+    result = Result(model, [record("baseline", model, example_inputs, eval_loader)])
+    masks = None
+    for r, quality in enumerate(config.qualities):
+        masks = magnitude_masks(model, quality, layers=config.layers, previous=masks)
+        apply_masks_(model, masks)
+        result.records.append(_record("pruned", model, example_inputs, eval_loader, config.layers, r, quality))
+        fit(model, train_loader, epochs=config.epochs, optim=config.optim, callbacks=[HoldMasks(masks)],
+            eval_loader=eval_loader, checkpoint=subdir(checkpoint, f"round{r}"), resume=resume,
+            progress=progress, seed=seed)
+        result.records.append(_record("retrained", model, example_inputs, eval_loader, config.layers, r, quality))
+    result.masks = masks
+    return result
+
+
+def _record(stage, model, x, eval_loader, layers: Iterable[str] | None, r: int, quality: float) -> dict:
+    s = sparsity(model, layers)
+    return record(stage, model, x, eval_loader, round=r, quality=quality, nonzero=s["nonzero"],
+                  total=s["total"], compression=s["compression"])

@@ -1,0 +1,108 @@
+"""Network Slimming (Liu et al., ICCV 2017): L1 on every BN scale, one global threshold, fine-tune, repeat.
+
+    result = slimming(model, train_loader, x, Slimming(sparsity=1e-4, amount=0.7), eval_loader=test_loader)
+    small = result.model
+
+Coupled channels (a residual stage, a DenseNet concat, a pre-activation BN that reads the residual
+stream) form one group in the engine; a unit's score is the mean |gamma| over the group's BNs, and the
+global threshold is taken over those unit scores. That is the engine's equivalent of the paper's
+channel-selection layer: a stream channel goes only when the BNs that read it agree it is unimportant.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..criteria import BNScale
+from ..graph import trace
+from ..plan import Target
+from ..prune import plan_pruning
+from ..surgery import apply
+from ..train import Callback, Optim, fit
+from ._common import Result, bn_layers, check_epochs, record, subdir
+
+
+class SparsityL1(Callback):
+    """Adds ``sparsity * sign(gamma)`` to every BN scale's gradient: the subgradient of an L1 penalty."""
+
+    def __init__(self, sparsity: float):
+        if not (isinstance(sparsity, (int, float)) and sparsity >= 0):
+            raise ValueError(f"sparsity={sparsity!r} (lambda) must be >= 0")
+        self.sparsity = float(sparsity)
+        self._gammas: list[nn.Parameter] = []
+
+    def on_fit_begin(self, model: nn.Module) -> None:
+        self._gammas = [bn.weight for bn in bn_layers(model).values()]
+
+    def after_backward(self, model: nn.Module) -> None:
+        if self.sparsity:
+            with torch.no_grad():
+                for w in self._gammas:
+                    if w.grad is not None:
+                        w.grad.add_(torch.sign(w), alpha=self.sparsity)
+
+
+@dataclass(frozen=True)
+class Slimming:
+    """sparsity: lambda (paper: 1e-4 for VGG, 1e-5 for ResNet/DenseNet). amount: fraction of the
+    channels removed in each pass, below one network-wide threshold on |gamma|. passes > 1 repeats
+    sparsity training, pruning and fine-tuning on the result (multi-pass)."""
+
+    sparsity: float = 1e-4
+    amount: float = 0.7
+    sparsity_epochs: int = 10
+    finetune_epochs: int = 10
+    passes: int = 1
+    min_channels: int = 1
+    optim: Optim = field(default_factory=Optim)
+    finetune_optim: Optim | None = None
+
+    def __post_init__(self):
+        SparsityL1(self.sparsity)
+        Target(amount=self.amount, global_ranking=True, min_channels=self.min_channels)
+        check_epochs(sparsity_epochs=self.sparsity_epochs, finetune_epochs=self.finetune_epochs)
+        if not (isinstance(self.passes, int) and self.passes >= 1):
+            raise ValueError(f"passes={self.passes!r} must be an integer >= 1")
+
+
+def slimming(model: nn.Module, train_loader, example_inputs, config: Slimming = Slimming(), *,
+             eval_loader=None, ignore: Iterable = (), checkpoint=None, resume: bool = False,
+             progress: bool = True, seed: int = 0) -> Result:
+    """Run Network Slimming on a copy of ``model`` (the caller's model is not changed).
+
+    Records per pass: "sparse" (after sparsity training, with the |gamma| of every BN), "pruned"
+    (before fine-tuning) and "finetuned"; the first record is the "baseline".
+    checkpoint: a directory; each training stage checkpoints in its own sub-directory, and
+    ``resume=True`` reruns the method from where it stopped (pruning is deterministic).
+    """
+    model = copy.deepcopy(model)
+    ft = config.finetune_optim or config.optim
+    result = Result(model, [record("baseline", model, example_inputs, eval_loader)])
+    target = Target(amount=config.amount, global_ranking=True, normalize=False, min_channels=config.min_channels)
+    for p in range(config.passes):
+        fit(model, train_loader, epochs=config.sparsity_epochs, optim=config.optim,
+            callbacks=[SparsityL1(config.sparsity)], eval_loader=eval_loader,
+            checkpoint=subdir(checkpoint, f"pass{p}-sparsity"), resume=resume, progress=progress, seed=seed)
+        gammas = torch.cat([bn.weight.detach().abs().flatten().cpu() for bn in bn_layers(model).values()])
+        result.records.append({**record("sparse", model, example_inputs, eval_loader, **{"pass": p}),
+                               "gammas": gammas.tolist()})
+        model = prune_by(model, example_inputs, target, ignore)
+        result.records.append(record("pruned", model, example_inputs, eval_loader, **{"pass": p}))
+        fit(model, train_loader, epochs=config.finetune_epochs, optim=ft, eval_loader=eval_loader,
+            checkpoint=subdir(checkpoint, f"pass{p}-finetune"), resume=resume, progress=progress, seed=seed)
+        result.records.append(record("finetuned", model, example_inputs, eval_loader, **{"pass": p}))
+    result.model = model
+    return result
+
+
+def prune_by(model: nn.Module, example_inputs, target: Target, ignore: Iterable = ()) -> nn.Module:
+    """A pruned copy of ``model`` by |gamma| (BNScale) for ``target``, traced on the model's device."""
+    device = next(model.parameters()).device
+    x = example_inputs.to(device)
+    graph = trace(model, x, ignore=ignore)
+    plan = plan_pruning(model, graph, BNScale(), target)
+    return apply(copy.deepcopy(model), graph, plan)

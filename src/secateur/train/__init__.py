@@ -1,0 +1,12 @@
+"""Training: ``fit`` (SGD, schedules, evaluation, checkpoints, exact resume, DDP under torchrun) and the
+callbacks that methods add to a step (sparsity, proximal steps, masks, distillation).
+
+    history = fit(model, train_loader, epochs=10, optim=Optim(lr=0.1), eval_loader=test_loader,
+                  checkpoint="runs/base", resume=True)
+    print(history[-1]["eval_acc"])
+"""
+from ._callbacks import Callback
+from ._distill import Distill
+from ._fit import Optim, default_device, evaluate, fit
+
+__all__ = ["Callback", "Distill", "Optim", "default_device", "evaluate", "fit"]
