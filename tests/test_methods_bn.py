@@ -9,9 +9,10 @@ from torch.utils.data import DataLoader
 
 import secateur
 from secateur.methods.ista import ISTA, ProximalL1, ista, penalties, rescale
-from secateur.methods.slimming import Slimming, SparsityL1, slimming
+from secateur.methods.slimming import Slimming, SparsityL1, prune_by, slimming
+from secateur.measure import count_params
 from secateur.plan import Target
-from secateur.train import Optim
+from secateur.train import Optim, fit
 from train_fixtures import separable, tiny_net
 
 pytestmark = pytest.mark.xdist_group("train")
@@ -145,3 +146,23 @@ def test_bad_config_is_one_line(make, match):
     with pytest.raises(ValueError, match=match) as e:
         make()
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", secateur.models.list_models())
+@pytest.mark.parametrize("shape", [(1, 28), (3, 32)], ids=["fmnist", "cifar"])
+def test_papers_models_train_and_slim(name, shape):
+    """Every CIFAR-style model takes a training step and a global |gamma| cut of 40% of its channels
+    (residual stages, DenseNet concats and pre-activation BNs are groups), then trains on."""
+    channels, size = shape
+    torch.manual_seed(0)
+    model = secateur.models.create_model(name, in_channels=channels)
+    data = torch.utils.data.TensorDataset(torch.randn(8, channels, size, size), torch.randint(10, (8,)))
+    loader = DataLoader(data, batch_size=4)
+    fit(model, loader, epochs=1, optim=Optim(lr=0.01), progress=False)
+    x = torch.randn(2, channels, size, size)
+    small = prune_by(model, x, Target(amount=0.4, global_ranking=True, normalize=False))
+    assert count_params(small) < count_params(model)
+    history = fit(small, loader, epochs=1, optim=Optim(lr=0.01), progress=False)
+    assert np.isfinite(history[0]["loss"])
+    assert small.eval()(x).shape == (2, 10)

@@ -179,3 +179,11 @@ def test_torchrun_ddp_two_cpu_processes(tmp_path):
     acc, world = (tmp_path / "rank0.acc").read_text().split()
     assert world == "2" and float(acc) > 0.6
     assert json.loads((tmp_path / "ckpt" / "state.json").read_text())["epochs_done"] == 6
+
+
+def test_channels_last_default_avoids_the_strided_pointwise_crash():
+    from secateur.train._fit import auto_channels_last
+    assert auto_channels_last(tiny_net())
+    assert auto_channels_last(torch.nn.Sequential(torch.nn.Conv2d(8, 16, 1, stride=2)))
+    assert not auto_channels_last(torch.nn.Sequential(torch.nn.Conv2d(7, 21, 1, stride=2)))
+    assert not auto_channels_last(torch.nn.Sequential(torch.nn.Linear(4, 4)))
