@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -39,6 +40,21 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # SafetensorError derives from Exception only
         raise LoadError(f"{path}: corrupt or truncated safetensors file ({_first_line(e)}); "
                         "save it again") from e
+
+
+def read_header(spec_path: Path, fmt: str, version: int, writer: str) -> dict:
+    """The JSON header a secateur writer left in ``spec_path``, checked for its format and version."""
+    if not spec_path.is_file():
+        raise LoadError(f"{spec_path}: missing; {spec_path.parent} was not written by {writer}")
+    try:
+        header = json.loads(spec_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LoadError(f"{spec_path}: not valid JSON ({_first_line(e)}); save the model again") from e
+    found = (header.get("format"), header.get("version")) if isinstance(header, dict) else (None, None)
+    if found != (fmt, version):
+        raise LoadError(f"{spec_path}: format {found[0]!r} version {found[1]!r}, expected {fmt!r} "
+                        f"version {version}; save the model again with this secateur")
+    return header
 
 
 def _read_torch(path: Path) -> object:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from secateur.io._atomic import atomic_dir
-from secateur.io._checkpoint import LoadError, _first_line, read_safetensors
+from secateur.io._checkpoint import LoadError, _first_line, read_header, read_safetensors
 from secateur.io._spec import (
     ArchitectureMismatch,
     ModuleSpec,
@@ -79,16 +79,7 @@ def _read_header(root: Path) -> tuple[dict[str, ModuleSpec], dict[str, str]]:
     if not root.is_dir():
         raise LoadError(f"{root}: no such directory; pass a directory written by secateur.io.save")
     spec_path = root / SPEC_FILE
-    if not spec_path.is_file():
-        raise LoadError(f"{spec_path}: missing; {root} was not written by secateur.io.save")
-    try:
-        header: Any = json.loads(spec_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LoadError(f"{spec_path}: not valid JSON ({_first_line(e)}); save the model again") from e
-    found = (header.get("format"), header.get("version")) if isinstance(header, dict) else (None, None)
-    if found != (FORMAT, VERSION):
-        raise LoadError(f"{spec_path}: format {found[0]!r} version {found[1]!r}, expected {FORMAT!r} "
-                        f"version {VERSION}; save the model again with this secateur")
+    header = read_header(spec_path, FORMAT, VERSION, "secateur.io.save")
     try:
         specs = {str(name): ModuleSpec.from_json(m) for name, m in header["modules"].items()}
         aliases = {str(k): str(v) for k, v in header.get("aliases", {}).items()}

@@ -19,7 +19,6 @@ entries; tied-weight aliases; byte counts).
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections import OrderedDict
@@ -33,7 +32,7 @@ from scipy.cluster.vq import kmeans2
 from torch import nn
 
 from secateur.io._atomic import atomic_dir
-from secateur.io._checkpoint import LoadError, _first_line, read_safetensors
+from secateur.io._checkpoint import LoadError, _first_line, read_header, read_safetensors
 from secateur.io._pruned import _dumps   # one line per tensor
 from secateur.io._state import shippable_state_dict
 
@@ -153,16 +152,7 @@ def sparse_bytes(path: str | os.PathLike[str]) -> int:
 
 def _read_spec(root: Path) -> dict[str, Any]:
     spec_path = root / SPEC_FILE
-    if not spec_path.is_file():
-        raise LoadError(f"{spec_path}: missing; {root} was not written by secateur save_sparse")
-    try:
-        header = json.loads(spec_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LoadError(f"{spec_path}: not valid JSON ({_first_line(e)}); save the model again") from e
-    found = (header.get("format"), header.get("version")) if isinstance(header, dict) else (None, None)
-    if found != (FORMAT, VERSION):
-        raise LoadError(f"{spec_path}: format {found[0]!r} version {found[1]!r}, expected {FORMAT!r} "
-                        f"version {VERSION}; save the model again with this secateur")
+    header = read_header(spec_path, FORMAT, VERSION, "secateur save_sparse")
     if not isinstance(header.get("tensors"), dict) or not isinstance(header.get("aliases", {}), dict):
         raise LoadError(f"{spec_path}: malformed (no 'tensors' table); save the model again")
     return header
