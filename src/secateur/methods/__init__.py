@@ -2,7 +2,7 @@
 
     result = slimming(model, train_loader, x, Slimming(sparsity=1e-4, amount=0.7), eval_loader=test)
     result = ista(model, train_loader, x, ISTA(rho=1e-3), eval_loader=test)
-    result = magnitude(model, train_loader, x, Magnitude(qualities=(0.7, 1.0, 1.0)), eval_loader=test)
+    result = magnitude(model, train_loader, x, Magnitude(qualities=(1.0, 1.5, 2.0)), eval_loader=test)
     result.model, result.records                      # the new model; one record per stage
 
 The caller's model is never changed. Each method is a small frozen config plus the callbacks it adds

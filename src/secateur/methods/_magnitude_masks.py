@@ -54,29 +54,16 @@ def _check_masks(params: Mapping[str, torch.Tensor], masks: Mapping[str, torch.T
                              f"the weight {tuple(params[key].shape)}")
 
 
-def _alive_std(w: torch.Tensor) -> float:
-    """Population std of the nonzero entries of ``w``, from an accurate (Welford) ``var_mean`` of all
-    entries: the zeros only change the count. No boolean-indexed copy (slow for 100M weights).
-    Exact when nothing is zero; otherwise loses digits only if the mean is ~1000x the std."""
-    n, total = int(torch.count_nonzero(w)), w.numel()
-    if n == 0:
-        return 0.0
-    var, mean = (x.item() for x in torch.var_mean(w, correction=0))
-    mean_sq = (var + mean * mean) * total / n
-    mean = mean * total / n
-    return max(mean_sq - mean * mean, 0.0) ** 0.5
-
-
 @torch.no_grad()
 def magnitude_masks(model: nn.Module, quality: float, *, layers: Iterable[str] | None = None,
                     previous: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Han's per-layer rule: keep ``w`` where ``|w| >= quality * std``; return boolean masks.
 
-    ``std`` is the (population) standard deviation of the layer's *alive* weights: those nonzero and
-    kept by ``previous``. Weights removed in earlier rounds are therefore not counted as zeros (which
-    would shrink the std round after round); the survivors are the large ones, so repeating a round
-    with the same ``quality`` prunes further. Under the Gaussian approximation ``quality = 1`` keeps
-    about 31.7% of a layer, ``quality = 1.645`` about 10%.
+    ``std`` is the (population) standard deviation of the layer's weights as they are now, the
+    weights removed in earlier rounds counting as zeros (as in Han's Caffe code): the std shrinks as
+    the layer empties, so each round needs a larger ``quality`` to prune further, and a round can
+    never wipe out a layer's survivors the way a std of the survivors alone would. Under the Gaussian
+    approximation ``quality = 1`` keeps about 31.7% of a fresh layer, ``quality = 1.645`` about 10%.
 
     ``layers``: module names to prune (default: every Conv and Linear). ``previous``: masks from an
     earlier round, combined by AND (a removed weight never comes back); masks of ``previous`` for
@@ -90,8 +77,8 @@ def magnitude_masks(model: nn.Module, quality: float, *, layers: Iterable[str] |
     out = {k: m.to(dtype=torch.bool, copy=True) for k, m in previous.items()}
     for key, w in prunable_weights(model, layers).items():
         keep = out[key].to(w.device) if key in out else None
-        kept = w.float() if keep is None else torch.where(keep, w.float(), 0)   # zeros are not alive
-        threshold = quality * _alive_std(kept)
+        kept = w.float() if keep is None else torch.where(keep, w.float(), 0)
+        threshold = quality * kept.std(correction=0).item()
         out[key] = w.abs() >= threshold if keep is None else keep & (w.abs() >= threshold)
     return out
 

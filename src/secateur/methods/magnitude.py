@@ -2,7 +2,7 @@
 repeat. The result is a sparse model of the same shape: smaller on disk (``secateur.io.save_sparse``),
 not faster (dense kernels do the same work on zeros).
 
-    result = magnitude(model, train_loader, x, Magnitude(qualities=(0.7, 1.0, 1.0), epochs=2))
+    result = magnitude(model, train_loader, x, Magnitude(qualities=(1.0, 1.5, 2.0, 2.2), epochs=2))
 """
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from ._magnitude_masks import HoldMasks, apply_masks_, magnitude_masks, sparsity
 @dataclass(frozen=True)
 class Magnitude:
     """qualities: one prune-and-retrain round per entry; each round removes the weights below
-    quality x std of the layer's surviving weights, so repeating a value keeps pruning.
+    quality x std of the layer (pruned weights count as zeros, so later rounds need larger values).
     epochs: retraining epochs per round. layers: module names to prune (default every conv/linear)."""
 
-    qualities: tuple[float, ...] = (0.7, 1.0, 1.0)
+    qualities: tuple[float, ...] = (1.0, 1.5, 2.0, 2.2)
     epochs: int = 2
     layers: tuple[str, ...] | None = None
     optim: Optim = field(default_factory=lambda: Optim(lr=0.01))
