@@ -26,8 +26,8 @@ import secateur
 from secateur.data import fashion_mnist
 from secateur.io import save_sparse, sparse_bytes
 from secateur.io._state import serialized_size
-from secateur.measure import count_macs, count_params
 from secateur.methods import ISTA, Magnitude, Slimming, ista, magnitude, slimming
+from secateur.methods._common import record
 from secateur.methods.slimming import prune_by
 from secateur.plan import Target
 from secateur.train import Optim, evaluate, fit
@@ -78,7 +78,7 @@ def latency_ratio(base, small, batch: int = 64) -> float:
 
 
 def method_row(model_name, tool, method, base, acc_base, pruned_rec, final_rec, final_model, ft, **extra):
-    b = {"params": count_params(base), "macs": count_macs(base.eval(), X)}
+    b = record("baseline", base, X)
     return _common.row(model=model_name, tool=tool, method=method, macs_ratio=final_rec["macs"] / b["macs"],
                        params_ratio=final_rec["params"] / b["params"], latency_ratio=latency_ratio(base, final_model),
                        batch=64, acc_base=acc_base, acc_pruned=pruned_rec.get("acc"),
@@ -162,8 +162,7 @@ def anchor(name, base, sparse, acc_base, train, test, sgd, B, ck) -> dict:
         pruned = {"acc": evaluate(model, test)["acc"]}
         fit(model, train, epochs=B["finetune"], optim=sgd, eval_loader=test, checkpoint=ck / "tp-finetune-run",
             resume=True)
-        final = {"acc": evaluate(model, test)["acc"], "params": count_params(model),
-                 "macs": count_macs(model.eval(), X)}
+        final = record("finetuned", model, X, test)
         return method_row(name, "torch-pruning", "slimming λ=0.0001", base, acc_base, pruned, final, model,
                           B["finetune"], target={"amount": 0.7})
     except Exception as e:  # a failing anchor is a row, not a crash
@@ -179,14 +178,13 @@ def ista_vs_slimming(name, base, sparse, acc_base, train, test, sparse_sgd, sgd,
     rows = [method_row(name, "secateur", f"ista ρ={rho:.3g}", base, acc_base, res.last("pruned"), res.last("finetuned"),
                        res.model, B["finetune"], target={"threshold": 0.0}, zero_gammas=s["zero_gammas"],
                        total_gammas=s["total_gammas"], max_rel_diff=res.last("pruned")["max_rel_diff"], acc_sparse=s["acc"])]
-    macs = res.last("pruned")["macs"] / count_macs(base.eval(), X)
+    macs = res.last("pruned")["macs"] / res.last("baseline")["macs"]
     try:
         small = prune_by(sparse, X, Target(macs=max(macs, 0.01), global_ranking=True, normalize=False))
         pruned = {"acc": evaluate(small, test)["acc"]}
         fit(small, train, epochs=B["finetune"], optim=sgd, eval_loader=test, checkpoint=ck / "slim-at-ista-macs",
             resume=True)
-        final = {"acc": evaluate(small, test)["acc"], "params": count_params(small),
-                 "macs": count_macs(small.eval(), X)}
+        final = record("finetuned", small, X, test)
         zeros = sum(int((m.weight == 0).sum()) for m in sparse.modules() if isinstance(m, torch.nn.BatchNorm2d))
         rows.append(method_row(name, "secateur", "slimming λ=1e-4 @ ISTA's MACs", base, acc_base, pruned, final,
                                small, B["finetune"], target={"macs": macs}, zero_gammas=zeros))

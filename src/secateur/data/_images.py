@@ -70,10 +70,7 @@ class TensorImages(Dataset):
         return self.images.shape[0]
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        x = self.images[index]
-        if self.augment:
-            x = pad_crop_flip(x, PAD)
-        return self._normalise(x), int(self.labels[index])
+        return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: list[int]) -> list[tuple[Tensor, int]]:
         """The batch ``DataLoader`` asks for, augmented in one go (its own random draws)."""
@@ -95,18 +92,10 @@ class TensorImages(Dataset):
         return 1.0 / (255.0 * std), -mean / std
 
 
-def pad_crop_flip(image: Tensor, pad: int) -> Tensor:
-    """Zero-pad a C×H×W image by ``pad``, crop H×W at a random offset, flip it with probability 1/2."""
-    _, h, w = image.shape
-    dy, dx = torch.randint(0, 2 * pad + 1, (2,)).tolist()
-    out = torch.nn.functional.pad(image, (pad, pad, pad, pad))[:, dy:dy + h, dx:dx + w]
-    return out.flip(-1) if torch.randint(0, 2, ()).item() else out
-
-
 def pad_crop_flip_batch(batch: Tensor, pad: int) -> Tensor:
-    """``pad_crop_flip`` applied to each image of a uint8 B×C×H×W batch with one gather.
-
-    Each image gets its own offsets and flip coin from ``torch.randint``.
+    """Zero-pad each image of a uint8 B×C×H×W batch by ``pad``, crop H×W at a random offset and flip
+    it with probability 1/2, all with one gather. Each image gets its own offsets and flip coin from
+    ``torch.randint``.
     """
     b, _, h, w = batch.shape
     padded = torch.nn.functional.pad(batch, (pad, pad, pad, pad)).permute(0, 2, 3, 1)  # B×H'×W'×C
