@@ -20,9 +20,21 @@ class Criterion(Protocol):
     def __call__(self, group: ChannelGroup, model: nn.Module) -> np.ndarray | None: ...
 
 
-def out_rows(m: nn.Module) -> torch.Tensor:
-    """The weights of each output channel of a conv/linear layer, one row per channel."""
-    w = m.weight.detach()
+def bind(criterion, model: nn.Module, graph, data) -> Criterion:
+    """A data-driven criterion (one with ``bind(model, graph, data)``) records ``data`` and returns the
+    criterion that scores from what it saw; any other criterion is returned as it is."""
+    if not hasattr(criterion, "bind"):
+        return criterion
+    if data is None:
+        raise ValueError(f"{type(criterion).__name__} scores channels from data: pass data=, a calibration "
+                         f"loader of (images, labels), e.g. secateur.data.calibration(dataset, 256)")
+    return criterion.bind(model, graph, data)
+
+
+def out_rows(m: nn.Module, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The weights of each output channel of a conv/linear layer, one row per channel; ``weight``
+    (a tensor shaped like ``m.weight``, e.g. its gradient) is laid out the same way instead."""
+    w = (m.weight if weight is None else weight).detach()
     if isinstance(m, nn.modules.conv._ConvNd) and m.transposed:
         g = m.groups
         w = w.reshape(g, w.shape[0] // g, w.shape[1], -1).transpose(1, 2)  # (g, out/g, in/g, k)
