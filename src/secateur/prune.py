@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
+import numpy as np
 from torch import nn
 
 from .criteria import Criterion, bind
-from .graph import Graph, trace
+from .graph import Graph, Role, trace
 from .plan import Plan, Target, layer_facts, make_plan
 from .surgery import apply
 
@@ -17,6 +18,11 @@ def plan_pruning(model: nn.Module, graph: Graph, criterion: Criterion, target: T
 
     A data-driven criterion (one with ``bind``) first records ``data``, a calibration loader.
     """
+    return make_plan(graph, score(model, graph, criterion, data), target, layer_facts(graph, model))
+
+
+def score(model: nn.Module, graph: Graph, criterion: Criterion, data=None) -> dict[int, np.ndarray]:
+    """Unit scores of every prunable group that ``criterion`` scores, by group index."""
     if not graph.prunable:
         raise ValueError(f"{type(model).__name__} has no prunable layer: every channel group is frozen "
                          f"(print secateur.trace(model, x) to see why)")
@@ -26,15 +32,40 @@ def plan_pruning(model: nn.Module, graph: Graph, criterion: Criterion, target: T
         s = criterion(g, model)
         if s is not None:
             scores[g.index] = s
-    return make_plan(graph, scores, target, layer_facts(graph, model))
+    return scores
 
 
-def prune(model: nn.Module, example_inputs, criterion: Criterion, *, amount: float | None = None,
+def plan_per_layer(model: nn.Module, graph: Graph, criterion: Criterion, ratios: Mapping[str, float], *,
+                   min_channels: int = 1, round_to: int = 1, data=None) -> Plan:
+    """A plan removing ``ratios[name]`` of the channels that layer ``name`` produces (e.g. from a
+    sensitivity scan); a group produced by several named layers takes the smallest of their ratios,
+    groups of unnamed layers stay whole."""
+    producers = {n: g for g in graph.prunable for n in g.modules(Role.OUT)}
+    unknown = [n for n in ratios if n not in producers]
+    if unknown:
+        raise ValueError(f"amount names layer {unknown[0]!r}, which produces no prunable channel group; "
+                         f"choose from: {', '.join(producers) or '(none)'}")
+    rate: dict[int, float] = {}
+    for name, r in ratios.items():
+        g = producers[name].index
+        rate[g] = min(rate.get(g, 1.0), r)
+    scores = score(model, graph, criterion, data)
+    keep: dict[int, tuple[int, ...]] = {}
+    for r in sorted(set(rate.values())):
+        part = {g: scores[g] for g, v in rate.items() if v == r and g in scores}
+        target = Target(amount=r, min_channels=min_channels, round_to=round_to)
+        keep.update(make_plan(graph, part, target, layer_facts(graph, model)).keep)
+    return Plan(keep)
+
+
+def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
+          amount: float | Mapping[str, float] | None = None,
           target_macs: float | None = None, ignore: Iterable = (), min_channels: int = 1,
           round_to: int = 1, global_ranking: bool = False, fold: bool = True, data=None) -> nn.Module:
     """Return a physically smaller copy of ``model``; ``model`` itself is not changed.
 
-    amount: fraction of channels to remove from each group (or network-wide with global_ranking).
+    amount: fraction of channels to remove from each group (or network-wide with global_ranking), or
+        per layer: ``{"features.0": 0.3, ...}`` (e.g. ``secateur.methods.sensitivity_ratios(...)``).
     target_macs: fraction of the conv/linear MACs to keep (e.g. 0.5 halves them); the largest plan
         that meets it is chosen.
     ignore: modules (objects or names) whose outputs are kept whole; the classifier always is.
@@ -44,8 +75,14 @@ def prune(model: nn.Module, example_inputs, criterion: Criterion, *, amount: flo
     data: a calibration loader of (images, labels) for data-driven criteria (APoZ, Taylor, ThiNet,
         LASSO), e.g. ``secateur.data.calibration(dataset, 256)``; weight criteria ignore it.
     """
-    target = Target(amount=amount, macs=target_macs, global_ranking=global_ranking,
-                    min_channels=min_channels, round_to=round_to)
     graph = trace(model, example_inputs, ignore=ignore)
-    plan = plan_pruning(model, graph, criterion, target, data)
+    if isinstance(amount, Mapping):
+        if target_macs is not None or global_ranking:
+            raise ValueError("per-layer amounts cannot be combined with target_macs= or global_ranking=")
+        plan = plan_per_layer(model, graph, criterion, amount, min_channels=min_channels, round_to=round_to,
+                              data=data)
+    else:
+        target = Target(amount=amount, macs=target_macs, global_ranking=global_ranking,
+                        min_channels=min_channels, round_to=round_to)
+        plan = plan_pruning(model, graph, criterion, target, data)
     return apply(copy.deepcopy(model), graph, plan, fold=fold)

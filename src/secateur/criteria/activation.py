@@ -42,7 +42,10 @@ def _pick(group: ChannelGroup, model: nn.Module, out_only: bool = False) -> tupl
 def _channel_sum(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Sum of ``t`` over everything but its channel dim, in float64, without a float64 copy of ``t``."""
     dim %= t.dim()
-    return t.sum(dim=[d for d in range(t.dim()) if d != dim], dtype=torch.float64)
+    keep = 0 if dim else 1                       # reduce all but (channel, one other dim) natively first
+    rest = [d for d in range(t.dim()) if d not in (dim, keep)]
+    partial = t.sum(dim=rest) if rest else (t.long() if t.dtype == torch.bool else t)
+    return partial.double().sum(dim=0 if keep < dim else 1)
 
 
 @dataclass(frozen=True, eq=False)

@@ -66,6 +66,15 @@ class TensorImages(Dataset):
         """A shallow copy sharing the image and label storage, with augmentation on or off."""
         return dataclasses.replace(self, augment=bool(augment))
 
+    def as_rgb(self) -> TensorImages:
+        """Grey images repeated over 3 channels (for models that take RGB, e.g. torchvision's)."""
+        if self.in_channels == 3:
+            return self
+        if self.in_channels != 1:
+            raise DataError(f"as_rgb needs 1-channel images, these have {self.in_channels}")
+        return dataclasses.replace(self, images=self.images.expand(-1, 3, -1, -1), mean=self.mean * 3,
+                                   std=self.std * 3)
+
     def __len__(self) -> int:
         return self.images.shape[0]
 

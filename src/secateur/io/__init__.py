@@ -3,10 +3,27 @@
 ``save(model, path)`` writes a directory; ``load(path, model=fresh_instance)`` resizes a fresh,
 unpruned instance of the same architecture and loads the weights; ``load_state_dict_file`` reads a
 plain ``.safetensors`` / ``.pt`` / ``.pth`` state_dict with ``weights_only=True``.
+
+ONNX (needs ``pip install 'secateur[onnx]'``): ``export_onnx``, ``check_onnx``, ``to_fp16``,
+``quantize_int8``, ``ort_latency`` and ``ort_accuracy`` (see :mod:`secateur.io.onnx`).
 """
 
 from secateur.io._checkpoint import LoadError, load_state_dict_file
 from secateur.io._pruned import load, save
 from secateur.io._sparse import load_sparse, save_sparse, sparse_bytes
 
-__all__ = ["LoadError", "load", "load_sparse", "load_state_dict_file", "save", "save_sparse", "sparse_bytes"]
+# The ONNX functions load on first use: secateur.io.onnx imports secateur.measure, which imports
+# secateur.io, so importing it here would be circular.
+_ONNX = ("OnnxError", "check_onnx", "export_onnx", "ort_accuracy", "ort_latency", "quantize_int8", "to_fp16")
+
+
+def __getattr__(name: str) -> object:
+    if name in _ONNX:
+        from secateur.io import onnx
+
+        return getattr(onnx, name)
+    raise AttributeError(f"module 'secateur.io' has no attribute {name!r}")
+
+
+__all__ = ["LoadError", "OnnxError", "check_onnx", "export_onnx", "load", "load_sparse", "load_state_dict_file",
+           "ort_accuracy", "ort_latency", "quantize_int8", "save", "save_sparse", "sparse_bytes", "to_fp16"]

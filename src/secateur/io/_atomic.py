@@ -1,4 +1,4 @@
-"""Write a directory so that readers see the old content or the complete new one, never a mix."""
+"""Write a directory or a file so that readers see the old content or the complete new one, never a mix."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_dir"]
+__all__ = ["atomic_dir", "atomic_file"]
 
 
 def _fsync(path: Path) -> None:
@@ -70,3 +70,27 @@ def _swap(new: Path, target: Path) -> None:
         os.replace(old, target)
         raise
     _remove(old)
+
+
+@contextmanager
+def atomic_file(target: Path, *, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary file path next to ``target``; on success, rename it to ``target``.
+
+    The body writes the file at the yielded path. If it raises, that file is removed and ``target``
+    is untouched; otherwise the file is synced and renamed over ``target`` (only if ``overwrite``
+    when ``target`` exists). Raises ``FileExistsError`` or ``IsADirectoryError`` before the body runs.
+    """
+    if target.is_dir():
+        raise IsADirectoryError(f"{target} is a directory; pass a file path")
+    if os.path.lexists(target) and not overwrite:
+        raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(target, "tmp")
+    try:
+        yield tmp
+        _fsync(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync(target.parent)

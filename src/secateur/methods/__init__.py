@@ -15,7 +15,8 @@ from ._magnitude_masks import HoldMasks, apply_masks_, magnitude_masks, sparsity
 from .ista import ISTA, ProximalL1, ista, rescale
 from .layerwise import ChannelPruning, ThiNet, channel_pruning, gap_head, thinet
 from .magnitude import Magnitude, magnitude
+from .sensitivity import sensitivity, sensitivity_ratios
 from .slimming import Slimming, SparsityL1, slimming
 
-__all__ = ["ChannelPruning", "ThiNet", "channel_pruning", "gap_head", "thinet", "ISTA", "HoldMasks", "Magnitude", "ProximalL1", "Result", "Slimming", "SparsityL1", "apply_masks_",
+__all__ = ["sensitivity", "sensitivity_ratios", "ChannelPruning", "ThiNet", "channel_pruning", "gap_head", "thinet", "ISTA", "HoldMasks", "Magnitude", "ProximalL1", "Result", "Slimming", "SparsityL1", "apply_masks_",
            "ista", "magnitude", "magnitude_masks", "rescale", "slimming", "sparsity"]

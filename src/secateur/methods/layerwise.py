@@ -39,6 +39,7 @@ class _Layerwise:
     macs: float | None = None       # or: fraction of MACs to keep, one rate over all chosen layers
     layers: tuple[str, ...] | None = None   # producers to prune (module names); None: the rule above
     max_layers: int | None = None   # only the first n chosen layers (ThiNet VGG-16: 10)
+    skip: tuple[str, ...] = ()      # layers the rule would choose but to leave whole (e.g. a ResNet's stem)
     samples: int | None = None      # the papers' m, spread over the calibration images; None: 10 per image
     layer_epochs: int = 0           # fine-tune after each layer (the paper: 1-2 on ImageNet)
     finetune_epochs: int = 0
@@ -118,7 +119,8 @@ def chosen_groups(model: nn.Module, graph: Graph, config: _Layerwise) -> dict[st
     out = {}
     for g in graph.prunable:
         producers = g.modules(Role.OUT)
-        if len(producers) == 1 and (config.layers is None or producers[0] in config.layers):
+        if len(producers) == 1 and producers[0] not in config.skip and (config.layers is None
+                                                                        or producers[0] in config.layers):
             try:
                 consumers(model, g)
             except ValueError:

@@ -1,0 +1,5 @@
+import sys
+
+from secateur.cli import main
+
+sys.exit(main())

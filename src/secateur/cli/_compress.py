@@ -1,0 +1,191 @@
+"""``secateur compress RECIPE``: load or train the model, prune by the recipe's method, fine-tune,
+measure, save, export and report; rerunning the same command resumes where it stopped.
+
+Output directory (``--out``, default ``runs/<recipe name>``)::
+
+    baseline/         the baseline's training checkpoint (when no weights were given)
+    method/           the method's stage checkpoints (sparsity training, fine-tunes)
+    model/            the result: model.safetensors + pruning.json (secateur.save)
+    records.json      what the method recorded per stage (params, MACs, accuracy, ...)
+    model.onnx ...    exports; report/ the report; summary.json is written last and marks a finished run
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from .. import criteria, methods
+from ..data import calibration, cifar, fashion_mnist, image_folder
+from ..graph import Role, trace
+from ..io import load, save, save_sparse
+from ..methods._common import Result, record
+from ..methods.layerwise import chosen_groups
+from ..prune import prune
+from ..train import evaluate, fit
+from ._errors import UsageError
+from ._models import build, load_weights
+from ._recipe import Recipe
+
+CRITERIA = {"random": criteria.Random, "l1": criteria.L1, "l2": criteria.L2, "bnscale": criteria.BNScale,
+            "apoz": criteria.APoZ, "taylor": criteria.Taylor, "taylor2019": criteria.Taylor2019,
+            "thinet": criteria.ThiNet, "lasso": criteria.LASSO}
+
+
+def datasets(recipe: Recipe):
+    d = recipe.data
+    if d["dataset"] == "fashion-mnist":
+        train, test = fashion_mnist("train"), fashion_mnist("test")
+    elif not d["path"]:
+        raise UsageError(f"{recipe.path.name}: [data] dataset={d['dataset']!r} needs path = \"...\"")
+    elif d["dataset"] == "cifar":
+        train, test = cifar(d["path"], "train"), cifar(d["path"], "test")
+    else:
+        train, test = image_folder(d["path"], "train", d["image_size"]), image_folder(d["path"], "val", d["image_size"])
+    if d["rgb"]:
+        if not hasattr(train, "as_rgb"):
+            raise UsageError(f"{recipe.path.name}: [data] rgb = true works for fashion-mnist only")
+        train, test = train.as_rgb(), test.as_rgb()
+    return train, test
+
+
+def loaders(recipe: Recipe):
+    train, test = datasets(recipe)
+    d = recipe.data
+    calib = calibration(train, min(d["calibration"], len(train)), seed=d["seed"])
+    g = torch.Generator().manual_seed(d["seed"])
+    if d["subset"]:
+        train = Subset(train, torch.randperm(len(train), generator=g)[:d["subset"]].tolist())
+    shown = Subset(test, torch.randperm(len(test), generator=g)[:d["test_subset"]].tolist()) if d["test_subset"] else test
+    return (DataLoader(train, batch_size=d["batch_size"], shuffle=True, drop_last=len(train) > d["batch_size"]),
+            DataLoader(shown, batch_size=256), calib, test)
+
+
+def run(recipe: Recipe, out: Path, *, force: bool = False, progress: bool = True) -> dict:
+    if (out / "summary.json").exists():
+        if not force:
+            raise UsageError(f"{out} holds a finished run; pass --force to replace it or --out to choose another")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    train, test, calib, test_set = loaders(recipe)
+    shape = tuple(test_set[0][0].shape)
+    x = torch.zeros(1, *shape)
+    num_classes = recipe.model["num_classes"] or test_set.num_classes
+
+    def fresh() -> nn.Module:
+        return build(recipe.model["arch"], num_classes=num_classes, in_channels=shape[0])
+
+    base = fresh()
+    if recipe.model["weights"]:
+        load_weights(base, recipe.model["weights"])
+    else:
+        fit(base, train, epochs=recipe.baseline_epochs, optim=recipe.baseline, eval_loader=test,
+            checkpoint=out / "baseline", resume=True, progress=progress)
+    base.eval()
+    if (out / "model").exists() and (out / "records.json").exists():
+        small = load(out / "model", model=fresh())
+        records = json.loads((out / "records.json").read_text())
+    else:
+        result = _method(recipe, base, x, train, test, calib, out / "method", progress)
+        small, records = result.model, result.records
+        save(small, out / "model", overwrite=True)
+        if recipe.method == "han":
+            save_sparse(small, out / "model-sparse", values=recipe.options["values"], overwrite=True)
+        _write_json(out / "records.json", [{k: v for k, v in r.items() if k != "gammas"} for r in records])
+    small.eval()
+    summary = _finish(recipe, base, small, x, test, calib, records, out)
+    _write_json(out / "summary.json", summary)
+    return summary
+
+
+def _method(recipe: Recipe, base, x, train, test, calib, ck: Path, progress: bool) -> Result:
+    name, cfg, o = recipe.method, recipe.config, recipe.options
+    kw = dict(eval_loader=test, checkpoint=ck, resume=True, progress=progress)
+    if name == "slimming":
+        return methods.slimming(base, train, x, cfg, **kw)
+    if name == "ista":
+        return methods.ista(base, train, x, cfg, **kw)
+    if name == "han":
+        return methods.magnitude(base, train, x, cfg, **kw)
+    if name in ("thinet", "channel-pruning"):
+        verb = methods.thinet if name == "thinet" else methods.channel_pruning
+        return verb(base, calib, x, cfg, train_loader=train, **kw)
+    ignore = _outer_layers(base, x) if o["inner_only"] else ()
+    amount = _ratios(recipe, o["ratios"]) if o["ratios"] else o["amount"]
+    small = prune(base, x, CRITERIA[o["criterion"]](), amount=amount, target_macs=o["macs"],
+                  global_ranking=o["global_ranking"], round_to=o["round_to"], min_channels=o["min_channels"],
+                  ignore=ignore, data=calib)
+    result = Result(small, [record("baseline", base, x, test), record("pruned", small, x, test)])
+    if recipe.finetune_epochs:
+        fit(small, train, epochs=recipe.finetune_epochs, optim=recipe.finetune, eval_loader=test,
+            checkpoint=ck / "finetune", resume=True, progress=progress)
+        result.records.append(record("finetuned", small, x, test))
+    return result
+
+
+def _ratios(recipe: Recipe, path: str) -> dict[str, float]:
+    """Per-layer amounts from ``secateur sensitivity``'s ratios.json (relative to the recipe's folder)."""
+    p = Path(path) if Path(path).is_absolute() else recipe.path.parent / path
+    try:
+        ratios = json.loads(p.read_text())["ratios"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{recipe.path.name}: [method] ratios={path!r}: cannot read per-layer ratios from {p} "
+                         f"({type(e).__name__}); write it with secateur sensitivity") from None
+    return {str(k): float(v) for k, v in ratios.items()}
+
+
+def _outer_layers(model: nn.Module, x) -> list[str]:
+    """Every producer except the convs inside blocks (Li et al.: a ResNet's first conv per block)."""
+    graph = trace(model, x)
+    inner = set(chosen_groups(model, graph, methods.ThiNet(amount=0.5)))
+    return [n for g in graph.prunable for n in g.modules(Role.OUT) if n not in inner]
+
+
+def _finish(recipe: Recipe, base, small, x, test, calib, records, out: Path) -> dict:
+    acc = {"before": evaluate(base, test)["acc"], "after": evaluate(small, test)["acc"]}
+    extra = {}
+    if recipe.export["onnx"]:
+        extra = _export(recipe, base, small, x, test, calib, out)
+    from ..report import write_report
+    write_report(out / "report", before=base, after=small, example_inputs=x, records=records, accuracy=acc,
+                 onnx=extra or None, title=f"secateur compress {recipe.path.stem}", overwrite=True)
+    return {"recipe": str(recipe.path.resolve()), "method": recipe.method, "accuracy": acc,
+            "input_shape": list(x.shape[1:]), "num_classes": int(small(x).shape[1]),
+            "records": [{k: v for k, v in r.items() if k != "gammas"} for r in records],
+            "files": sorted(p.name for p in out.iterdir())}
+
+
+def _export(recipe: Recipe, base, small, x, test, calib, out: Path) -> dict:
+    """ONNX files of the baseline and the result (checked against PyTorch in ONNX Runtime), and with
+    [export] fp16/int8 their converted copies; report rows are (baseline, result) pairs."""
+    from ..io import onnx as ox
+    paths = {"before": out / "baseline.onnx", "after": out / "model.onnx"}
+    for label, model in (("before", base), ("after", small)):
+        ox.export_onnx(model, x, paths[label], overwrite=True)
+        ox.check_onnx(paths[label], model, x, rtol=1e-3, atol=1e-4)
+    rows = {"ONNX Runtime latency, batch 1 (ms)": tuple(ox.ort_latency(paths[k], x) for k in paths),
+            "ONNX file (MB)": tuple(paths[k].stat().st_size / 1e6 for k in paths)}
+    for kind in ("fp16", "int8"):
+        if not recipe.export[kind]:
+            continue
+        made = {k: p.with_name(p.stem + f"-{kind}.onnx") for k, p in paths.items()}
+        for k in paths:
+            if kind == "fp16":
+                ox.to_fp16(paths[k], made[k], overwrite=True)
+            else:
+                ox.quantize_int8(paths[k], made[k], calibration=calib, overwrite=True)
+        rows[f"{kind} ONNX file (MB)"] = tuple(made[k].stat().st_size / 1e6 for k in made)
+        rows[f"{kind} ONNX accuracy"] = tuple(ox.ort_accuracy(made[k], test) for k in made)
+    return rows
+
+
+def _write_json(path: Path, obj) -> None:
+    """Write JSON atomically: a temporary sibling, then one rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float))
+    os.replace(tmp, path)
