@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..graph import ChannelGroup, Role
@@ -131,14 +130,18 @@ def count_images(loader) -> int:
 
 
 def _windows(conv: nn.Conv2d, x: torch.Tensor, pos: torch.Tensor, img, h, w) -> torch.Tensor:
-    """The receptive fields of output pixels (img, h, w) in channels ``pos``: (S, len(pos), kh*kw)."""
+    """The receptive fields of output pixels (img, h, w) in channels ``pos``: (S, len(pos), kh*kw).
+
+    Gathered straight from ``x`` (no padded copy of the batch); taps in the zero padding read 0."""
     (kh, kw), (sh, sw), (dh, dw), (ph, pw) = conv.kernel_size, conv.stride, conv.dilation, _pad(conv, x)
-    x = F.pad(x[:, pos], (pw, pw, ph, ph))
     dev = x.device
-    rows = (h.to(dev) * sh)[:, None] + torch.arange(kh, device=dev) * dh          # (S, kh)
-    cols = (w.to(dev) * sw)[:, None] + torch.arange(kw, device=dev) * dw          # (S, kw)
-    c = torch.arange(len(pos), device=dev)
+    rows = (h.to(dev) * sh - ph)[:, None] + torch.arange(kh, device=dev) * dh     # (S, kh)
+    cols = (w.to(dev) * sw - pw)[:, None] + torch.arange(kw, device=dev) * dw     # (S, kw)
+    inside = ((rows >= 0) & (rows < x.shape[2]))[:, :, None] & ((cols >= 0) & (cols < x.shape[3]))[:, None, :]
+    rows, cols = rows.clamp(0, x.shape[2] - 1), cols.clamp(0, x.shape[3] - 1)
+    c = pos.to(dev)
     win = x[img.to(dev)[:, None, None, None], c[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+    win = win * inside[:, None].to(win.dtype)
     return win.reshape(win.shape[0], len(pos), kh * kw)
 
 

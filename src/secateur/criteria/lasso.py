@@ -120,16 +120,33 @@ class LASSO:
     seed: int = 0
 
     def bind(self, model: nn.Module, graph: Graph, data) -> Ranked:
-        usable = [g for g in graph.prunable if _readable(model, g)]
-        sinks = {g.index: [(c, LassoSink(model.get_submodule(c.name), c, g.size)) for c in consumers(model, g)]
-                 for g in usable}
-        sample(model, data, [it for items in sinks.values() for it in items], samples=self.samples, seed=self.seed,
-               input_shape=graph.input_shapes[0])
         order = {}
-        for g, items in sinks.items():
-            a, b = group_terms(items)
-            order[g] = entry_order(lasso_path(a, b, items[0][1].n), a)
+        for chunk in _chunks(model, [g for g in graph.prunable if _readable(model, g)]):
+            sinks = {g.index: [(c, LassoSink(model.get_submodule(c.name), c, g.size)) for c in consumers(model, g)]
+                     for g in chunk}
+            sample(model, data, [it for items in sinks.values() for it in items], samples=self.samples,
+                   seed=self.seed, input_shape=graph.input_shapes[0])
+            for g, items in sinks.items():
+                a, b = group_terms(items)
+                order[g] = entry_order(lasso_path(a, b, items[0][1].n), a)
         return Ranked(order)
+
+
+BUDGET = 256 * 2**20   # bytes of second moments held at once; more groups take more calibration passes
+
+
+def _chunks(model: nn.Module, groups: list) -> list[list]:
+    """Groups split so that one pass holds at most BUDGET bytes of C = X^T X (float64)."""
+    out, size = [[]], 0
+    for g in groups:
+        need = sum((len(c.positions) * weight_matrix(model.get_submodule(c.name)).shape[2]) ** 2 * 8
+                   for c in consumers(model, g))
+        if out[-1] and size + need > BUDGET:
+            out.append([])
+            size = 0
+        out[-1].append(g)
+        size += need
+    return [c for c in out if c]
 
 
 def group_terms(items: list[tuple[Consumer, LassoSink]]) -> tuple[torch.Tensor, torch.Tensor]:
