@@ -142,6 +142,7 @@ def main(argv: list[str]) -> None:
     rows.append(anchor(name, base, sparse, acc_base, train, test, sgd, B, ck))
     rows += ista_vs_slimming(name, base, sparse, acc_base, train, test, sparse_sgd, sgd, ISTA_SHRINK / sum_lr, B, ck)
     rows.append(han(name, base, acc_base, train, test, B, ck))
+    rows.append(slimming_resnet(train, test, mode, sparse_sgd, sgd, B, ck))
     plot_gammas(hist, _common.RESULTS / f"training{'_quick' if args.quick else ''}_gammas.png")
     out = _common.write_results("training_quick" if args.quick else "training", rows, argv)
     _common.print_table(rows, [("method", "method"), ("tool", "tool"), ("MACs", "macs_ratio"),
@@ -149,6 +150,18 @@ def main(argv: list[str]) -> None:
                                ("pruned", "acc_pruned"), ("tuned", "acc_finetuned"),
                                ("zero γ", "zero_gammas"), ("compr.", "compression"), ("overhead", "overhead")],
                         title=f"training ({mode}); written to {out}")
+
+
+def slimming_resnet(train, test, mode, sparse_sgd, sgd, B, ck) -> dict:
+    """The paper's ResNet setting: lambda 1e-5, 40% of the channels (residual stages coupled)."""
+    base = baseline("resnet56", mode, train, test, B["base"])
+    acc_base = evaluate(base, test)["acc"]
+    cfg = Slimming(sparsity=1e-5, amount=0.4, sparsity_epochs=B["sparsity"], finetune_epochs=B["finetune"],
+                   optim=sparse_sgd, finetune_optim=sgd)
+    res = slimming(base, train, X, cfg, eval_loader=test, checkpoint=ck / "slim-resnet56", resume=True)
+    return method_row("resnet56", "secateur", "slimming λ=1e-5", base, acc_base, res.last("pruned"),
+                      res.last("finetuned"), res.model, B["finetune"], target={"amount": 0.4},
+                      acc_sparse=res.last("sparse")["acc"], sparsity_epochs=B["sparsity"])
 
 
 def anchor(name, base, sparse, acc_base, train, test, sgd, B, ck) -> dict:
