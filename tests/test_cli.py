@@ -141,3 +141,12 @@ def test_unknown_method_and_missing_files(tmp_path):
     bad.write_text(recipe(tmp_path).read_text().replace('arch = "vgg8"', 'arch = "vgg8"\nweights = "nope.safetensors"'))
     p = cli("compress", str(bad), "--out", "r2", cwd=tmp_path)
     assert p.returncode == 2 and "nope.safetensors" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_lowrank_energy_is_checked(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = recipe(tmp_path)
+    path.write_text(path.read_text() + "[lowrank]\nenergy = 1.5\n")
+    assert main(["compress", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "[lowrank] energy=1.5" in err and len(err.strip().splitlines()) == 1

@@ -27,6 +27,7 @@ from ..io import load, save, save_sparse
 from ..methods._common import Result, record
 from ..methods.layerwise import chosen_groups
 from ..prune import prune
+from ..surgery import low_rank, low_rank_ranks
 from ..train import evaluate, fit
 from ._errors import UsageError
 from ._models import build, load_weights
@@ -88,11 +89,16 @@ def run(recipe: Recipe, out: Path, *, force: bool = False, progress: bool = True
             checkpoint=out / "baseline", resume=True, progress=progress)
     base.eval()
     if (out / "model").exists() and (out / "records.json").exists():
-        small = load(out / "model", model=fresh())
+        ranks = json.loads((out / "lowrank.json").read_text()) if (out / "lowrank.json").exists() else None
+        small = load(out / "model", model=low_rank(fresh(), rank=ranks) if ranks else fresh())
         records = json.loads((out / "records.json").read_text())
     else:
         result = _method(recipe, base, x, train, test, calib, out / "method", progress)
         small, records = result.model, result.records
+        if recipe.lowrank["energy"]:
+            small = low_rank(small, energy=recipe.lowrank["energy"], min_features=recipe.lowrank["min_features"])
+            records.append(record("low-rank", small, x, test, ranks=low_rank_ranks(small)))
+            _write_json(out / "lowrank.json", low_rank_ranks(small))
         save(small, out / "model", overwrite=True)
         if recipe.method == "han":
             save_sparse(small, out / "model-sparse", values=recipe.options["values"], overwrite=True)

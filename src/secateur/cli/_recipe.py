@@ -6,6 +6,7 @@
     [method]    name = "slimming" | "ista" | "thinet" | "channel-pruning" | "prune" | "han", and its options
     [finetune]  epochs; lr; weight_decay
     [export]    onnx; fp16; int8
+    [lowrank]   energy (0 = off; e.g. 0.9: truncated SVD of large Linear layers after pruning); min_features
 
 Every key is checked against the list below; an unknown section, key or method, a value of the wrong
 type or out of range gets one line naming the file, the section and the allowed values.
@@ -32,6 +33,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple, Any]]] = {
     "baseline": {"epochs": (int, 3), "lr": (_ANY_NUMBER, 0.1), "weight_decay": (_ANY_NUMBER, 5e-4)},
     "finetune": {"epochs": (int, 1), "lr": (_ANY_NUMBER, 0.01), "weight_decay": (_ANY_NUMBER, 1e-4)},
     "export": {"onnx": (bool, True), "fp16": (bool, False), "int8": (bool, False)},
+    "lowrank": {"energy": (_ANY_NUMBER, 0.0), "min_features": (int, 256)},
 }
 METHODS: dict[str, dict[str, tuple[type | tuple, Any]]] = {
     "slimming": {"sparsity": (_ANY_NUMBER, 1e-4), "amount": (_ANY_NUMBER, 0.7), "sparsity_epochs": (int, 3),
@@ -65,6 +67,7 @@ class Recipe:
     finetune: Optim
     finetune_epochs: int
     export: dict = field(default_factory=dict)
+    lowrank: dict = field(default_factory=dict)
 
 
 def shipped() -> list[str]:
@@ -105,12 +108,14 @@ def parse(name_or_path: str) -> Recipe:
         raise UsageError(f"{where}: [method] name={name!r}; allowed: {', '.join(METHODS)}")
     opts = _section(where, "method", m, METHODS[name], label=f"method {name}")
     ft = _optim(where, "finetune", sec["finetune"])
+    if not 0 <= sec["lowrank"]["energy"] < 1:
+        raise UsageError(f"{where}: [lowrank] energy={sec['lowrank']['energy']!r} must be in [0, 1) (0 = off)")
     try:
         config = _config(name, opts, sec["finetune"]["epochs"], ft)
     except (ValueError, TypeError) as e:
         raise UsageError(f"{where}: [method] {e}") from None
     return Recipe(path, sec["model"], sec["data"], _optim(where, "baseline", sec["baseline"]), sec["baseline"]["epochs"],
-                  name, opts, config, ft, sec["finetune"]["epochs"], sec["export"])
+                  name, opts, config, ft, sec["finetune"]["epochs"], sec["export"], sec["lowrank"])
 
 
 def _section(where: str, name: str, values: Any, keys: dict, label: str | None = None) -> dict:
