@@ -95,6 +95,7 @@ def run(recipe: Recipe, out: Path, *, force: bool = False, progress: bool = True
     else:
         result = _method(recipe, base, x, train, test, calib, out / "method", progress)
         small, records = result.model, result.records
+        _write_json(out / "history.json", result.history)
         if recipe.lowrank["energy"]:
             small = low_rank(small, energy=recipe.lowrank["energy"], min_features=recipe.lowrank["min_features"])
             records.append(record("low-rank", small, x, test, ranks=low_rank_ranks(small)))
@@ -104,7 +105,8 @@ def run(recipe: Recipe, out: Path, *, force: bool = False, progress: bool = True
             save_sparse(small, out / "model-sparse", values=recipe.options["values"], overwrite=True)
         _write_json(out / "records.json", [{k: v for k, v in r.items() if k != "gammas"} for r in records])
     small.eval()
-    summary = _finish(recipe, base, small, x, test, calib, records, out)
+    history = json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else []
+    summary = _finish(recipe, base, small, x, test, calib, records, history, out)
     _write_json(out / "summary.json", summary)
     return summary
 
@@ -128,8 +130,8 @@ def _method(recipe: Recipe, base, x, train, test, calib, ck: Path, progress: boo
                   ignore=ignore, data=calib)
     result = Result(small, [record("baseline", base, x, test), record("pruned", small, x, test)])
     if recipe.finetune_epochs:
-        fit(small, train, epochs=recipe.finetune_epochs, optim=recipe.finetune, eval_loader=test,
-            checkpoint=ck / "finetune", resume=True, progress=progress)
+        result.history = fit(small, train, epochs=recipe.finetune_epochs, optim=recipe.finetune, eval_loader=test,
+                             checkpoint=ck / "finetune", resume=True, progress=progress)
         result.records.append(record("finetuned", small, x, test))
     return result
 
@@ -152,13 +154,14 @@ def _outer_layers(model: nn.Module, x) -> list[str]:
     return [n for g in graph.prunable for n in g.modules(Role.OUT) if n not in inner]
 
 
-def _finish(recipe: Recipe, base, small, x, test, calib, records, out: Path) -> dict:
+def _finish(recipe: Recipe, base, small, x, test, calib, records, history, out: Path) -> dict:
     acc = {"before": evaluate(base, test)["acc"], "after": evaluate(small, test)["acc"]}
     extra = {}
     if recipe.export["onnx"]:
         extra = _export(recipe, base, small, x, test, calib, out)
     from ..report import write_report
     write_report(out / "report", before=base, after=small, example_inputs=x, records=records, accuracy=acc,
+                 history=history or None,
                  onnx=extra or None, title=f"secateur compress {recipe.path.stem}", overwrite=True)
     return {"recipe": str(recipe.path.resolve()), "method": recipe.method, "accuracy": acc,
             "input_shape": list(x.shape[1:]), "num_classes": int(small(x).shape[1]),

@@ -21,6 +21,7 @@ class Result:
     model: nn.Module
     records: list[dict] = field(default_factory=list)
     masks: dict[str, torch.Tensor] | None = None   # unstructured methods: True where a weight is kept
+    history: list[dict] = field(default_factory=list)   # the last training run's per-epoch log (fit's)
 
     def last(self, stage: str) -> dict:
         return next(r for r in reversed(self.records) if r["stage"] == stage)

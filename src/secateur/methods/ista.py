@@ -178,9 +178,9 @@ def ista(model: nn.Module, train_loader, example_inputs, config: ISTA = ISTA(), 
     with torch.no_grad():
         diff = _rel_err(pruned.eval()(x), model.eval()(x))
     result.records.append(record("pruned", pruned, x, eval_loader, max_rel_diff=diff))
-    fit(pruned, train_loader, epochs=config.finetune_epochs, optim=config.finetune_optim or config.optim,
-        eval_loader=eval_loader, checkpoint=subdir(checkpoint, "finetune"), resume=resume,
-        progress=progress, seed=seed)
+    result.history = fit(pruned, train_loader, epochs=config.finetune_epochs,
+                         optim=config.finetune_optim or config.optim, eval_loader=eval_loader,
+                         checkpoint=subdir(checkpoint, "finetune"), resume=resume, progress=progress, seed=seed)
     result.records.append(record("finetuned", pruned, x, eval_loader))
     result.model = pruned
     return result

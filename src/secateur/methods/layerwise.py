@@ -107,8 +107,9 @@ def _run(model, data, x, config: _Layerwise, step, *, train_loader=None, eval_lo
         result.records.append(record("layer", model, x, None, layer=name, kept=len(kept), of=group.size))
     result.records.append(record("pruned", model, x, eval_loader))
     if config.finetune_epochs:
-        fit(model, train_loader, epochs=config.finetune_epochs, optim=config.optim, eval_loader=eval_loader,
-            checkpoint=subdir(checkpoint, "finetune"), resume=resume, progress=progress, seed=config.seed)
+        result.history = fit(model, train_loader, epochs=config.finetune_epochs, optim=config.optim,
+                             eval_loader=eval_loader, checkpoint=subdir(checkpoint, "finetune"), resume=resume,
+                             progress=progress, seed=config.seed)
         result.records.append(record("finetuned", model, x, eval_loader))
     result.model = model
     return result

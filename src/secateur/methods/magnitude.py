@@ -47,9 +47,9 @@ def magnitude(model: nn.Module, train_loader, example_inputs, config: Magnitude 
         masks = magnitude_masks(model, quality, layers=config.layers, previous=masks)
         apply_masks_(model, masks)
         result.records.append(_record("pruned", model, example_inputs, eval_loader, config.layers, r, quality))
-        fit(model, train_loader, epochs=config.epochs, optim=config.optim, callbacks=[HoldMasks(masks)],
-            eval_loader=eval_loader, checkpoint=subdir(checkpoint, f"round{r}"), resume=resume,
-            progress=progress, seed=seed)
+        result.history = fit(model, train_loader, epochs=config.epochs, optim=config.optim,
+                             callbacks=[HoldMasks(masks)], eval_loader=eval_loader,
+                             checkpoint=subdir(checkpoint, f"round{r}"), resume=resume, progress=progress, seed=seed)
         result.records.append(_record("retrained", model, example_inputs, eval_loader, config.layers, r, quality))
     result.masks = masks
     return result

@@ -92,8 +92,9 @@ def slimming(model: nn.Module, train_loader, example_inputs, config: Slimming = 
                                "gammas": gammas.tolist()})
         model = prune_by(model, example_inputs, target, ignore)
         result.records.append(record("pruned", model, example_inputs, eval_loader, **{"pass": p}))
-        fit(model, train_loader, epochs=config.finetune_epochs, optim=ft, eval_loader=eval_loader,
-            checkpoint=subdir(checkpoint, f"pass{p}-finetune"), resume=resume, progress=progress, seed=seed)
+        result.history = fit(model, train_loader, epochs=config.finetune_epochs, optim=ft, eval_loader=eval_loader,
+                             checkpoint=subdir(checkpoint, f"pass{p}-finetune"), resume=resume, progress=progress,
+                             seed=seed)
         result.records.append(record("finetuned", model, example_inputs, eval_loader, **{"pass": p}))
     result.model = model
     return result
