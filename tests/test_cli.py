@@ -150,3 +150,27 @@ def test_lowrank_energy_is_checked(tmp_path, capsys, monkeypatch):
     assert main(["compress", str(path)]) == 2
     err = capsys.readouterr().err
     assert "[lowrank] energy=1.5" in err and len(err.strip().splitlines()) == 1
+
+
+def test_sensitivity_scan_feeds_a_recipe(tmp_path, capsys, monkeypatch):
+    import safetensors.torch
+    import torch
+
+    import secateur
+    torch.manual_seed(0)
+    model = secateur.models.create_model("vgg8", in_channels=1)
+    safetensors.torch.save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
+    p = cli("sensitivity", "vgg8", "--weights", "w.safetensors", "--images", "64", "--rates", "0.25,0.5",
+            "--tolerance", "1.0", "--out", "sens", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    scan = json.loads((tmp_path / "sens" / "ratios.json").read_text())
+    assert scan["ratios"] == {name: 0.5 for name in scan["curves"]} and len(scan["curves"]) == 8
+    assert (tmp_path / "sens" / "sensitivity.png").stat().st_size > 0
+    p = cli("sensitivity", "vgg8", "--weights", "w.safetensors", "--out", "sens", cwd=tmp_path)
+    assert p.returncode == 2 and "--force" in p.stderr
+    path = recipe(tmp_path, options='criterion = "l1"\nratios = "sens/ratios.json"', onnx="false")
+    path.write_text(path.read_text().replace('arch = "vgg8"', 'arch = "vgg8"\nweights = "w.safetensors"'))
+    monkeypatch.chdir(tmp_path)
+    assert main(["compress", str(path), "--out", "run", "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["records"][1]["params"] < 0.3 * summary["records"][0]["params"]   # every conv at half width

@@ -13,6 +13,7 @@ from ..graph import trace
 from ..io import load
 from ..measure import measure as _measure
 from ..measure import table
+from ._compress import write_json
 from ._errors import UsageError
 from ._models import build, load_weights
 from ._recipe import parse
@@ -123,10 +124,8 @@ def sensitivity(args) -> int:
     ratios = sensitivity_ratios(curves, tolerance=args.tolerance)
     args.out.mkdir(parents=True, exist_ok=True)
     plot_rate_curves(curves, args.out / "sensitivity.png", baseline=next(iter(curves.values()))[0][1])
-    tmp = args.out / ".ratios.json.tmp"
-    tmp.write_text(json.dumps({"model": args.model, "tolerance": args.tolerance, "curves": curves,
-                               "ratios": ratios}, indent=1))
-    tmp.replace(args.out / "ratios.json")
+    write_json(args.out / "ratios.json", {"model": args.model, "tolerance": args.tolerance, "curves": curves,
+                                          "ratios": ratios})
     print(json.dumps(ratios, indent=1))
     print(f"wrote {args.out}/ratios.json and {args.out}/sensitivity.png; use them with "
           f"secateur.prune(model, x, L1(), amount=ratios) or a recipe's [method] ratios = \"...\"")

@@ -12,7 +12,6 @@ Output directory (``--out``, default ``runs/<recipe name>``)::
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from .. import criteria, methods
 from ..data import calibration, cifar, fashion_mnist, image_folder
 from ..graph import Role, trace
 from ..io import load, save, save_sparse
+from ..io._atomic import atomic_file
 from ..methods._common import Result, record
 from ..methods.layerwise import chosen_groups
 from ..prune import prune
@@ -95,19 +95,19 @@ def run(recipe: Recipe, out: Path, *, force: bool = False, progress: bool = True
     else:
         result = _method(recipe, base, x, train, test, calib, out / "method", progress)
         small, records = result.model, result.records
-        _write_json(out / "history.json", result.history)
+        write_json(out / "history.json", result.history)
         if recipe.lowrank["energy"]:
             small = low_rank(small, energy=recipe.lowrank["energy"], min_features=recipe.lowrank["min_features"])
             records.append(record("low-rank", small, x, test, ranks=low_rank_ranks(small)))
-            _write_json(out / "lowrank.json", low_rank_ranks(small))
+            write_json(out / "lowrank.json", low_rank_ranks(small))
         save(small, out / "model", overwrite=True)
         if recipe.method == "han":
             save_sparse(small, out / "model-sparse", values=recipe.options["values"], overwrite=True)
-        _write_json(out / "records.json", [{k: v for k, v in r.items() if k != "gammas"} for r in records])
+        write_json(out / "records.json", [{k: v for k, v in r.items() if k != "gammas"} for r in records])
     small.eval()
     history = json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else []
     summary = _finish(recipe, base, small, x, test, calib, records, history, out)
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     return summary
 
 
@@ -193,8 +193,7 @@ def _export(recipe: Recipe, base, small, x, test, calib, out: Path) -> dict:
     return rows
 
 
-def _write_json(path: Path, obj) -> None:
-    """Write JSON atomically: a temporary sibling, then one rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    os.replace(tmp, path)
+def write_json(path: Path, obj) -> None:
+    """Write JSON atomically (a temporary sibling, then one rename), replacing ``path``."""
+    with atomic_file(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, default=float))
