@@ -3,7 +3,7 @@
     secateur compress slimming-vgg              # a shipped recipe (or a path to your own .toml)
     secateur inspect resnet18 --input 3,224,224 # channel groups, frozen ones and why, per-layer params/MACs
     secateur measure runs/slimming-vgg          # params, MACs, latency, size of a run's model (or an arch)
-    secateur export runs/slimming-vgg --fp16 --int8
+    secateur export runs/slimming-vgg --onnx --fp16 --int8
     secateur sensitivity vgg8 --weights base.safetensors   # per-layer scan -> sensitivity/ratios.json
     secateur recipes                            # the shipped recipes
 
@@ -47,6 +47,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--classes", type=int, default=10)
     e = sub.add_parser("export", help="ONNX export of a run's model, checked with ONNX Runtime")
     e.add_argument("run", type=Path, help="a compress output directory")
+    e.add_argument("--onnx", action="store_true", help="the fp32 ONNX file (always written; kept for clarity)")
     e.add_argument("--fp16", action="store_true")
     e.add_argument("--int8", action="store_true")
     e.add_argument("--force", action="store_true", help="replace existing files")

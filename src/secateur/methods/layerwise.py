@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from ..criteria import lasso as _lasso
 from ..criteria import thinet as _thinet
@@ -96,7 +97,8 @@ def _run(model, data, x, config: _Layerwise, step, *, train_loader=None, eval_lo
     x = x.to(next(model.parameters()).device)
     result = Result(model, [record("baseline", model, x, eval_loader)])
     keep = _keep_counts(model, x, config)
-    for i, (name, count) in enumerate(keep.items()):
+    layers = tqdm(keep.items(), desc=type(config).__name__, total=len(keep), disable=not progress)
+    for i, (name, count) in enumerate(layers):
         graph = trace(model, x)
         group = _produced_by(graph, name)
         kept = step(model, original, graph, group, count, data, config)
