@@ -278,6 +278,18 @@ def memory_rows() -> list[dict]:
     return rows
 
 
+def prepare(quick: bool, stem: str):
+    """What a data-driven run starts from: threads, mode, budgets, cache, result name, and the seeded
+    training/test loaders and calibration set."""
+    _common.setup(threads())
+    mode = "quick" if quick else "full"
+    B = BUDGETS[mode]
+    torch.manual_seed(SEED)
+    train, test = loaders(B["subset"], seed=SEED)
+    calib = calibration(fashion_mnist("train"), B["calib"], seed=SEED, batch_size=64)
+    return mode, B, CACHE / mode, f"{stem}_quick" if quick else stem, train, test, calib
+
+
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -286,14 +298,9 @@ def main(argv: list[str]) -> None:
     if args.memory_child:
         return memory_child(args.memory_child)
     started = time.perf_counter()
-    _common.setup(threads())
-    mode = "quick" if args.quick else "full"
-    B, ck, name = BUDGETS[mode], CACHE / mode, "datadriven_quick" if args.quick else "datadriven"
-    torch.manual_seed(SEED)
+    mode, B, ck, name, train, test, calib = prepare(args.quick, "datadriven")
     print(f"seeds: {SEED} (torch, training subset, calibration draw, fit, Random, ThiNet/LASSO sampling); "
           f"threads {torch.get_num_threads()}; mode {mode}", flush=True)
-    train, test = loaders(B["subset"], seed=SEED)
-    calib = calibration(fashion_mnist("train"), B["calib"], seed=SEED, batch_size=64)
     rows = [greedy_speed()]
     print(f"greedy: {rows[0]['fast_s'] * 1e3:.1f} ms vs naive {rows[0]['naive_s']:.2f} s", flush=True)
     rows += memory_rows()

@@ -34,12 +34,11 @@ from pathlib import Path
 import torch
 
 import secateur
-from secateur.data import calibration, fashion_mnist
 from secateur.io import onnx as ox
 from secateur.methods._common import record
 from secateur.train import evaluate, fit
-from datadriven import BUDGETS, CRITERIA, SEED, SGD, layerwise, threads, tp_at_macs
-from training import CACHE, X, baseline, loaders
+from datadriven import CRITERIA, SEED, SGD, layerwise, prepare, tp_at_macs
+from training import CACHE, X, baseline
 
 MODELS = ("vgg8", "resnet56")
 SECATEUR = ("l1", "taylor", "thinet", "lasso")
@@ -205,14 +204,9 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv[1:])
     started = time.perf_counter()
-    _common.setup(threads())
-    mode = "quick" if args.quick else "full"
-    B, ck, name = BUDGETS[mode], CACHE / mode, "product_quick" if args.quick else "product"
-    torch.manual_seed(SEED)
+    mode, B, ck, name, train, test, calib = prepare(args.quick, "product")
     print(f"seed {SEED}; threads {torch.get_num_threads()} (timings: 1); mode {mode}; onnxruntime "
           f"{importlib.metadata.version('onnxruntime')}", flush=True)
-    train, test = loaders(B["subset"], seed=SEED)
-    calib = calibration(fashion_mnist("train"), B["calib"], seed=SEED, batch_size=64)
     rows = []
     for model in MODELS:
         base = baseline(model, mode, train, test, B["base"])
