@@ -81,6 +81,7 @@ def run(recipe: Recipe, out: Path, *, force: bool = False, progress: bool = True
     def fresh() -> nn.Module:
         return build(recipe.model["arch"], num_classes=num_classes, in_channels=shape[0])
 
+    torch.manual_seed(recipe.data["seed"])        # the baseline's initial weights, reproducibly
     base = fresh()
     if recipe.model["weights"]:
         load_weights(base, recipe.model["weights"])
