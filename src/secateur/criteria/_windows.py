@@ -52,6 +52,15 @@ def consumers(model: nn.Module, group: ChannelGroup) -> list[Consumer]:
     return out
 
 
+def readable(model: nn.Module, group: ChannelGroup) -> bool:
+    """Whether :func:`consumers` accepts ``group`` (it is read only by dense convs/Linears)."""
+    try:
+        consumers(model, group)
+    except ValueError:
+        return False
+    return True
+
+
 def weight_matrix(layer: nn.Module) -> torch.Tensor:
     """A consumer's weight as (out, in_channels, k*k)."""
     w = layer.weight.detach()

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from ..graph import Graph
-from ._windows import Consumer, consumers, sample, unit_sum, weight_matrix
-from .thinet import Ranked, _readable
+from ._windows import Consumer, consumers, readable, sample, unit_sum, weight_matrix
+from .thinet import Ranked
 
 MAX_INPUTS = 4608   # P * k^2 above this (VGG-16: 512 channels x 3x3): C, W^T W would each pass 170 MB
 
@@ -121,7 +121,7 @@ class LASSO:
 
     def bind(self, model: nn.Module, graph: Graph, data) -> Ranked:
         order = {}
-        for chunk in _chunks(model, [g for g in graph.prunable if _readable(model, g)]):
+        for chunk in _chunks(model, [g for g in graph.prunable if readable(model, g)]):
             sinks = {g.index: [(c, LassoSink(model.get_submodule(c.name), c, g.size)) for c in consumers(model, g)]
                      for g in chunk}
             sample(model, data, [it for items in sinks.values() for it in items], samples=self.samples,

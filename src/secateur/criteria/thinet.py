@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..graph import ChannelGroup, Graph
-from ._windows import Consumer, consumers, sample, unit_sum, weight_matrix
+from ._windows import Consumer, consumers, readable, sample, unit_sum, weight_matrix
 
 
 def greedy_order(gram: torch.Tensor) -> np.ndarray:
@@ -109,17 +109,9 @@ class ThiNet:
     seed: int = 0
 
     def bind(self, model: nn.Module, graph: Graph, data) -> "Ranked":
-        usable = [g for g in graph.prunable if _readable(model, g)]
+        usable = [g for g in graph.prunable if readable(model, g)]
         grams = thinet_grams(model, graph, usable, data, samples=self.samples, seed=self.seed)
         return Ranked({g: greedy_order(group_gram(items)) for g, items in grams.items()})
-
-
-def _readable(model: nn.Module, group: ChannelGroup) -> bool:
-    try:
-        consumers(model, group)
-    except ValueError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ..criteria import lasso as _lasso
 from ..criteria import thinet as _thinet
-from ..criteria._windows import consumers, sample
+from ..criteria._windows import consumers, readable, sample
 from ..graph import ChannelGroup, Graph, Role, trace
 from ..plan import Plan, Target, layer_facts, make_plan
 from ..surgery import apply
@@ -124,11 +124,9 @@ def chosen_groups(model: nn.Module, graph: Graph, config: _Layerwise) -> dict[st
         producers = g.modules(Role.OUT)
         if len(producers) == 1 and producers[0] not in config.skip and (config.layers is None
                                                                         or producers[0] in config.layers):
-            try:
-                consumers(model, g)
-            except ValueError:
+            if not readable(model, g):
                 if config.layers is not None:
-                    raise
+                    consumers(model, g)     # a named layer that cannot be sampled: its one-line reason
                 continue
             out[producers[0]] = g
     if config.layers is not None:
