@@ -56,7 +56,7 @@ def machine() -> dict:
             "torch": torch.__version__, "python": platform.python_version(), "device": "cpu",
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "load_average": [round(v, 2) for v in os.getloadavg()]}
-    for name in ("torchvision", "torch_pruning"):
+    for name in ("torchvision", "torch_pruning", "onnxruntime"):
         if name in sys.modules:  # the installed distribution: torch_pruning 1.6.1 says "1.6.0" itself
             try:
                 info[name] = importlib.metadata.version(name.replace("_", "-"))
@@ -129,6 +129,25 @@ def median_spread(values: Sequence[float]) -> tuple[float, float]:
         return values[0], 0.0
     p25, median, p75 = statistics.quantiles(values, n=4, method="inclusive")
     return median, p75 - p25
+
+
+def dense(model: torch.nn.Module) -> torch.nn.Module:
+    """A CPU, eval, contiguous-format copy: fit leaves weights channels_last, which alone moves CPU
+    latency by ~25% and is not what an export or a fresh load sees; compare models in this form."""
+    import copy
+    return copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format).eval()
+
+
+def pair_latency(base: torch.nn.Module, small: torch.nn.Module, x: torch.Tensor, *, threads: int | None = None,
+                 repeats: int = 10) -> dict[str, tuple[float, float]]:
+    """(median, IQR) ms of dense copies of ``base`` ("b") and ``small`` ("s") on ``x``, timed interleaved,
+    with ``threads`` intra-op threads for the duration (default: as set)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads or old)
+    try:
+        return interleaved_latency({"b": dense(base), "s": dense(small)}, x, repeats=repeats, warmup=2)
+    finally:
+        torch.set_num_threads(old)
 
 
 @torch.no_grad()

@@ -153,16 +153,32 @@ def tp_at_macs(base, importance, calib, macs0, target=0.5, ratio=None):
     raise RuntimeError(f"no pruning_ratio gives {target} of the MACs (last {mid:.4f}: {got:.3f})")
 
 
+def makers(base, calib, macs0, ours, theirs):
+    """(tool, method, make) for each row at half the MACs; make() -> (pruned model, extra row fields).
+    Torch-Pruning's ratio is searched once and tried first by the next importance."""
+    for m in ours:
+        if m in ("thinet", "lasso"):
+            yield "secateur", m, lambda m=m: (layerwise(m, base, calib, macs=0.5), {})
+        else:
+            yield "secateur", m, lambda c=CRITERIA[m]: (secateur.prune(base, X, c, target_macs=0.5, data=calib), {})
+    found = {}
+    for imp in theirs:
+        def make(imp=imp):
+            model, found["ratio"] = tp_at_macs(base, imp, calib, macs0, ratio=found.get("ratio"))
+            return model, {"pruning_ratio": found["ratio"]}
+        yield "torch-pruning", imp, make
+
+
 def whole(name, base, acc_base, calib, train, test, B, ck) -> list[dict]:
     b = record("baseline", base, X)
     rows = []
-
-    def finish(tool, method, make, **extra):
+    for tool, method, make in makers(base, calib, b["macs"], ("l1", "apoz", "taylor", "thinet", "lasso"),
+                                     ("l1", "bnscale", "taylor")):
         start = time.perf_counter()
         info = dict(model=name, tool=tool, method=method, experiment="whole", target={"macs": 0.5},
                     acc_base=acc_base, finetune_epochs=B["finetune"], seed=SEED, batch=64)
         try:
-            small = make()
+            small, extra = make()
             p = record("pruned", small, X, test)
             hist = fit(small, train, epochs=B["finetune"], optim=SGD, eval_loader=test, seed=SEED, progress=False,
                        checkpoint=ck / f"dd-{name}-{tool}-{method}", resume=True)
@@ -175,22 +191,6 @@ def whole(name, base, acc_base, calib, train, test, B, ck) -> list[dict]:
         print(f"whole {name} {tool} {method}: MACs {_common.fmt(r['macs_ratio'])} pruned {_common.fmt(r['acc_pruned'])} "
               f"tuned {_common.fmt(r['acc_finetuned'])} ({time.perf_counter() - start:.0f} s)"
               f"{'' if r['ok'] else ' ' + r['error']}", flush=True)
-
-    for method in ("l1", "apoz", "taylor"):
-        finish("secateur", method, lambda c=CRITERIA[method]: secateur.prune(base, X, c, target_macs=0.5, data=calib))
-    for method in ("thinet", "lasso"):
-        finish("secateur", method, lambda m=method: layerwise(m, base, calib, macs=0.5))
-    ratio = None
-    for imp in ("l1", "bnscale", "taylor"):
-        found = {}
-
-        def make(imp=imp):
-            nonlocal ratio
-            model, found["ratio"] = tp_at_macs(base, imp, calib, b["macs"], ratio=ratio)
-            ratio = found["ratio"]
-            return model
-        finish("torch-pruning", imp, make)
-        rows[-1]["pruning_ratio"] = found.get("ratio")
     drops = [r["acc_base"] - r["acc_finetuned"] for r in rows if r["tool"] == "torch-pruning" and r["ok"]]
     tp_best = min(drops) if drops else None
     for r in rows:

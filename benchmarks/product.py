@@ -19,7 +19,6 @@ from __future__ import annotations
 import _common  # noqa: F401  (sets OMP_WAIT_POLICY before torch is imported)
 
 import argparse
-import copy
 import importlib.metadata
 import json
 import shutil
@@ -37,7 +36,7 @@ import secateur
 from secateur.io import onnx as ox
 from secateur.methods._common import record
 from secateur.train import evaluate, fit
-from datadriven import CRITERIA, SEED, SGD, layerwise, prepare, tp_at_macs
+from datadriven import SEED, SGD, makers, prepare
 from training import CACHE, X, baseline
 
 MODELS = ("vgg8", "resnet56")
@@ -45,23 +44,6 @@ SECATEUR = ("l1", "taylor", "thinet", "lasso")
 TP = ("l1", "taylor")
 ONNX_TOL = dict(rtol=1e-3, atol=1e-4)    # what `secateur compress` checks its exports with
 CLI = [sys.executable, "-m", "secateur.cli"]
-
-
-def dense(model: torch.nn.Module) -> torch.nn.Module:
-    """A CPU, eval, contiguous-format copy: fit leaves weights channels_last, which alone moves CPU
-    latency by ~25% (see training.latency_ratio) and is not what an export sees."""
-    return copy.deepcopy(model).cpu().to(memory_format=torch.contiguous_format).eval()
-
-
-def torch_latency(base, small, batch: int) -> dict[str, tuple[float, float]]:
-    """(median, IQR) ms of base and small at ``batch``, 1 intra-op thread, timed interleaved."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        x = torch.randn(batch, *X.shape[1:], generator=torch.Generator().manual_seed(SEED))
-        return _common.interleaved_latency({"b": base, "s": small}, x, repeats=10, warmup=2)
-    finally:
-        torch.set_num_threads(old)
 
 
 def ort_pair(base_path: Path, small_path: Path, rounds: int = 3) -> tuple[float, float]:
@@ -86,33 +68,17 @@ def safetensors_bytes(model) -> int:
         return (secateur.save(model, Path(tmp) / "m") / "model.safetensors").stat().st_size
 
 
-def methods(base, calib, macs0):
-    """(tool, method, make) per row; make() -> (pruned model, extra row fields). Written here
-    because datadriven.whole builds the same makers inside its own body."""
-    for m in SECATEUR:
-        if m in ("thinet", "lasso"):
-            yield "secateur", m, lambda m=m: (layerwise(m, base, calib, macs=0.5), {})
-        else:
-            yield "secateur", m, lambda c=CRITERIA[m]: (secateur.prune(base, X, c, target_macs=0.5, data=calib), {})
-    found = {}
-    for imp in TP:   # the first bisection's ratio is tried first by the next (as datadriven.whole does)
-        def make(imp=imp):
-            model, found["ratio"] = tp_at_macs(base, imp, calib, macs0, ratio=found.get("ratio"))
-            return model, {"pruning_ratio": found["ratio"]}
-        yield "torch-pruning", imp, make
-
-
 def headline(name, base, acc_base, calib, train, test, B, ck) -> list[dict]:
     onnx_dir = ck / "product-onnx"
     onnx_dir.mkdir(parents=True, exist_ok=True)
-    base = dense(base)
+    base = _common.dense(base)
     b = secateur.measure(base, X, latency=False)
     base_onnx = onnx_dir / f"{name}-base.onnx"
     images = next(iter(test))[0][:64]
     base_err = export(base, base_onnx, images)
     base_bytes = safetensors_bytes(base)
     rows = []
-    for tool, method, make in methods(base, calib, b.macs):
+    for tool, method, make in makers(base, calib, b.macs, SECATEUR, TP):
         start = time.perf_counter()
         info = dict(model=name, tool=tool, method=method, experiment="headline", target={"macs": 0.5},
                     acc_base=acc_base, finetune_epochs=B["finetune"], seed=SEED, batch=64)
@@ -123,10 +89,11 @@ def headline(name, base, acc_base, calib, train, test, B, ck) -> list[dict]:
             resumed = (ft / "state.json").exists()
             hist = fit(small, train, epochs=B["finetune"], optim=SGD, eval_loader=test, seed=SEED,
                        progress=False, checkpoint=ft, resume=True)
-            small = dense(small)
+            small = _common.dense(small)
             acc = evaluate(small, test)["acc"]
             s = secateur.measure(small, X, latency=False)
-            t1, t64 = torch_latency(base, small, 1), torch_latency(base, small, 64)
+            t1, t64 = (_common.pair_latency(base, small, torch.randn(n, *X.shape[1:], generator=torch.Generator()
+                                                                     .manual_seed(SEED)), threads=1) for n in (1, 64))
             path = onnx_dir / f"{name}-{tool}-{method}.onnx"
             err = export(small, path, images)
             ort_b, ort_s = ort_pair(base_onnx, path)

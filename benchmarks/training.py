@@ -3,6 +3,7 @@ and the speed of ``fit``; Torch-Pruning 1.6.1's BNScalePruner side by side on th
 
     python benchmarks/training.py --quick     # 6,000 training images, short budgets (about 30 min)
     python benchmarks/training.py             # all 60,000, the budgets below (hours on 2 CPU cores)
+    python benchmarks/training.py --baselines # only the baselines (committed under baselines/), compiled
 
 Every row starts from the same baseline checkpoint and gets the same fine-tune budget; accuracy is on
 the full 10,000-image test split. Stage checkpoints go to benchmarks/.cache/ so a rerun resumes.
@@ -62,18 +63,15 @@ def baseline(name: str, mode: str, train, test, epochs: int) -> torch.nn.Module:
         model.load_state_dict(secateur.io.load_state_dict_file(path))
         return model
     fit(model, train, epochs=epochs, optim=Optim(lr=0.1, weight_decay=5e-4), eval_loader=test,
-        checkpoint=CACHE / mode / f"{name}-base", resume=True)
+        checkpoint=CACHE / mode / f"{name}-base", resume=True, compile=mode == "full")
     path.parent.mkdir(parents=True, exist_ok=True)
     safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return model
 
 
 def latency_ratio(base, small, batch: int = 64) -> float:
-    """Both models in the same (default) memory format: fit leaves weights channels_last, which alone
-    changes CPU latency by ~25% and would flatter every fine-tuned model."""
-    x = torch.randn(batch, 1, 28, 28)
-    same = {k: copy.deepcopy(m).cpu().to(memory_format=torch.contiguous_format) for k, m in (("b", base), ("s", small))}
-    t = _common.interleaved_latency(same, x, repeats=10, warmup=2)
+    """Batch-``batch`` PyTorch latency of ``small`` over ``base``, both dense (``_common.dense``)."""
+    t = _common.pair_latency(base, small, torch.randn(batch, *X.shape[1:]))
     return t["s"][0] / t["b"][0]
 
 
@@ -114,12 +112,17 @@ def speed(train, n_batches: int = 20) -> list[dict]:
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--baselines", action="store_true", help="only train (or load) the baselines and stop")
     args = ap.parse_args(argv[1:])
     _common.setup()
     mode = "quick" if args.quick else "full"
     B = BUDGETS[mode]
     ck = CACHE / mode
     train, test = loaders(B["subset"])
+    if args.baselines:
+        for name in ("vgg8", "resnet56"):
+            print(f"baseline {name}: test acc {evaluate(baseline(name, mode, train, test, B['base']), test)['acc']:.4f}")
+        return
     rows = speed(train)
     name = "vgg8"
     base = baseline(name, mode, train, test, B["base"])

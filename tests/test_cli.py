@@ -32,7 +32,7 @@ name = "{method}"
 epochs = 1
 [export]
 onnx = {onnx}
-"""
+{extra}"""
 
 
 def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -41,9 +41,9 @@ def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProc
 
 
 def recipe(tmp: Path, name: str = "tiny.toml", *, arch="vgg8", epochs=1, method="prune",
-           options='criterion = "l1"\namount = 0.5', onnx="true") -> Path:
+           options='criterion = "l1"\namount = 0.5', onnx="true", extra="") -> Path:
     path = tmp / name
-    path.write_text(TINY.format(arch=arch, epochs=epochs, method=method, options=options, onnx=onnx))
+    path.write_text(TINY.format(arch=arch, epochs=epochs, method=method, options=options, onnx=onnx, extra=extra))
     return path
 
 
@@ -77,13 +77,14 @@ def test_a_users_model_file(tmp_path):
 
 
 def test_tiny_recipe_end_to_end_then_refuses_to_overwrite_then_exports(tmp_path):
-    path = recipe(tmp_path)
+    path = recipe(tmp_path, extra="[lowrank]\nenergy = 0.5\nmin_features = 8\n")   # the 10-way head: low rank
     p = cli("compress", str(path), "--out", "run", "--no-progress", cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
     stages = [r["stage"] for r in summary["records"]]
-    assert stages == ["baseline", "pruned", "finetuned"]
+    assert stages == ["baseline", "pruned", "finetuned", "low-rank"]
+    assert list(summary["records"][-1]["ranks"]) == ["classifier"]
     assert summary["records"][1]["params"] < summary["records"][0]["params"]
     assert (run / "model" / "model.safetensors").is_file() and (run / "model.onnx").is_file()
     report = (run / "report" / "report.md").read_text()
@@ -96,8 +97,8 @@ def test_tiny_recipe_end_to_end_then_refuses_to_overwrite_then_exports(tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     assert (run / "model-fp16.onnx").stat().st_size < (run / "model.onnx").stat().st_size
     assert (run / "model-int8.onnx").stat().st_size < (run / "model.onnx").stat().st_size
-    p = cli("measure", "run", cwd=tmp_path)
-    assert p.returncode == 0 and "run" in p.stdout
+    p = cli("measure", "run", cwd=tmp_path)   # rebuilds the factorised head from pruning.json
+    assert p.returncode == 0 and "run" in p.stdout, p.stderr[-2000:]
 
 
 def test_resume_after_a_kill(tmp_path):

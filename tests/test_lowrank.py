@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -130,12 +131,28 @@ def test_prune_after_low_rank_and_save_load(tmp_path: Path) -> None:
     assert y.shape == (4, 10) and torch.isfinite(y).all()
 
     secateur.save(pruned, tmp_path / "lr")
-    with pytest.raises(secateur.LoadError) as e:  # load resizes modules, it cannot replace a Linear by a pair
-        secateur.load(tmp_path / "lr", model=Head())
-    assert "classifier.1" in _one_line(e)
-    again = secateur.load(tmp_path / "lr", model=low_rank(Head(), rank=ranks)).eval()
-    assert low_rank_ranks(again) == ranks
-    assert torch.equal(again(x), y)
+    assert json.loads((tmp_path / "lr" / "pruning.json").read_text())["low_rank"] == ranks
+    for fresh in (Head(), low_rank(Head(), rank=ranks)):   # load puts the pairs in, or finds them there
+        again = secateur.load(tmp_path / "lr", model=fresh).eval()
+        assert low_rank_ranks(again) == ranks
+        assert torch.equal(again(x), y)
+
+
+def test_load_low_rank_into_the_wrong_model_changes_nothing(tmp_path: Path) -> None:
+    model, x = _head(true_rank=16), _x()
+    secateur.save(low_rank(model, energy=0.9), tmp_path / "lr")
+    other = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))   # no classifier.1: named, not touched
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(secateur.LoadError) as e:
+        secateur.load(tmp_path / "lr", model=other)
+    assert "classifier.1" in _one_line(e) and "fresh instance" in _one_line(e)
+    assert other.state_dict().keys() == before.keys()
+    wrong = Head()   # the pairs go in, then the check fails (no last Linear): the pairs come out again
+    wrong.classifier[5] = nn.Identity()
+    with pytest.raises(secateur.LoadError) as e:
+        secateur.load(tmp_path / "lr", model=wrong)
+    assert "classifier.5" in _one_line(e)
+    assert type(wrong.classifier[1]) is nn.Linear and low_rank_ranks(wrong) == {}   # pairs taken out again
 
 
 @torch.no_grad()

@@ -90,8 +90,7 @@ def run(recipe: Recipe, out: Path, *, force: bool = False, progress: bool = True
             checkpoint=out / "baseline", resume=True, progress=progress)
     base.eval()
     if (out / "model").exists() and (out / "records.json").exists():
-        ranks = json.loads((out / "lowrank.json").read_text()) if (out / "lowrank.json").exists() else None
-        small = load(out / "model", model=low_rank(fresh(), rank=ranks) if ranks else fresh())
+        small = load(out / "model", model=fresh())       # factor pairs included: pruning.json lists them
         records = json.loads((out / "records.json").read_text())
     else:
         result = _method(recipe, base, x, train, test, calib, out / "method", progress)
@@ -100,7 +99,6 @@ def run(recipe: Recipe, out: Path, *, force: bool = False, progress: bool = True
         if recipe.lowrank["energy"]:
             small = low_rank(small, energy=recipe.lowrank["energy"], min_features=recipe.lowrank["min_features"])
             records.append(record("low-rank", small, x, test, ranks=low_rank_ranks(small)))
-            write_json(out / "lowrank.json", low_rank_ranks(small))
         save(small, out / "model", overwrite=True)
         if recipe.method == "han":
             save_sparse(small, out / "model-sparse", values=recipe.options["values"], overwrite=True)

@@ -7,7 +7,8 @@ model class. The saved directory looks like::
       model.safetensors   the state_dict, tied tensors stored once
       pruning.json        {"format": "secateur-pruned", "version": 1, "torch": "...",
                            "modules": {name: {"type", "attrs", "tensors"}},
-                           "aliases": {state_dict key: key it shares its tensor with}}
+                           "aliases": {state_dict key: key it shares its tensor with},
+                           "low_rank": {Linear's name: rank}   (only when factorised, see surgery.low_rank)}
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from secateur.io._spec import (
     resize,
 )
 from secateur.io._state import shippable_state_dict
+from secateur.surgery.lowrank import factor_pair, is_factor_pair, low_rank_ranks
 
 __all__ = ["FORMAT", "SPEC_FILE", "VERSION", "WEIGHTS_FILE", "load", "save"]
 
@@ -60,6 +62,8 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, overwrite: bool = Fa
             "modules": {name: spec.to_json() for name, spec in describe(model).items()},
             "aliases": aliases,
         }
+        if ranks := low_rank_ranks(model):
+            header["low_rank"] = ranks
         safetensors.torch.save_file(tensors, os.fspath(tmp / WEIGHTS_FILE))
         (tmp / SPEC_FILE).write_text(_dumps(header), encoding="utf-8")
     return target
@@ -74,8 +78,8 @@ def _dumps(header: dict[str, Any]) -> str:
     return "{\n" + ",\n".join(f" {json.dumps(k)}: {value(v)}" for k, v in header.items()) + "\n}\n"
 
 
-def _read_header(root: Path) -> tuple[dict[str, ModuleSpec], dict[str, str]]:
-    """Parse and validate ``pruning.json``: the module specs and the aliases."""
+def _read_header(root: Path) -> tuple[dict[str, ModuleSpec], dict[str, str], dict[str, int]]:
+    """Parse and validate ``pruning.json``: the module specs, the aliases and the low-rank pairs."""
     if not root.is_dir():
         raise LoadError(f"{root}: no such directory; pass a directory written by secateur.io.save")
     spec_path = root / SPEC_FILE
@@ -83,10 +87,38 @@ def _read_header(root: Path) -> tuple[dict[str, ModuleSpec], dict[str, str]]:
     try:
         specs = {str(name): ModuleSpec.from_json(m) for name, m in header["modules"].items()}
         aliases = {str(k): str(v) for k, v in header.get("aliases", {}).items()}
+        ranks = {str(k): int(v) for k, v in header.get("low_rank", {}).items()}
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise LoadError(f"{spec_path}: malformed ({type(e).__name__}: {_first_line(e)}); "
                         "save the model again") from e
-    return specs, aliases
+    return specs, aliases, ranks
+
+
+def _swap_in_pairs(model: nn.Module, ranks: dict[str, int], where: Path) -> list[tuple[nn.Module, str, nn.Module]]:
+    """Put a factor pair in place of each ``nn.Linear`` that ``ranks`` names (one already a pair stays);
+    return ``(parent, key, old)`` for :func:`_put_back`. Raises LoadError, changing nothing, if a name
+    is not a Linear or a pair of ``model``."""
+    todo = []
+    for name, r in ranks.items():
+        parent_name, _, key = name.rpartition(".")
+        try:
+            parent, layer = model.get_submodule(parent_name), model.get_submodule(name)
+        except AttributeError:
+            layer = None
+        if layer is not None and is_factor_pair(layer):
+            continue
+        if type(layer) is not nn.Linear or r < 1:
+            raise LoadError(f"{where}: low-rank layer {name!r} (rank {r}) is not an nn.Linear of the model; "
+                            "pass a fresh instance of the saved model class")
+        todo.append((parent, key, layer, r))
+    for parent, key, layer, r in todo:
+        parent._modules[key] = factor_pair(layer, r)
+    return [(parent, key, layer) for parent, key, layer, _ in todo]
+
+
+def _put_back(swapped: list[tuple[nn.Module, str, nn.Module]]) -> None:
+    for parent, key, layer in swapped:
+        parent._modules[key] = layer
 
 
 def _with_aliases(state: dict[str, torch.Tensor], aliases: dict[str, str], path: Path) -> None:
@@ -104,19 +136,16 @@ def load(path: str | os.PathLike[str], *, model: nn.Module) -> nn.Module:
     file and the fix. Returns ``model``, resized in place, with its training mode unchanged.
     """
     root = Path(path)
-    specs, aliases = _read_header(root)
+    specs, aliases, ranks = _read_header(root)
     weights_path = root / WEIGHTS_FILE
     state = read_safetensors(weights_path)
     _with_aliases(state, aliases, weights_path)
+    swapped = _swap_in_pairs(model, ranks, root / SPEC_FILE)
     try:
-        check(model, specs, state)
-    except ArchitectureMismatch as e:
-        raise LoadError(f"{root / SPEC_FILE}: {e}: the model is not the architecture that was saved; "
-                        "pass a fresh instance of the saved model class") from e
-    except WeightsMismatch as e:
-        raise LoadError(f"{weights_path}: {e}: the files do not belong together; save the model again") from e
-    except SpecError as e:
-        raise LoadError(f"{root / SPEC_FILE}: {e}; secateur.io.load cannot restore this model") from e
+        _check(model, specs, state, root, weights_path)
+    except LoadError:
+        _put_back(swapped)
+        raise
     resize(model, specs)
     # Module versions (state_dict._metadata): some layers (e.g. torchvision's MNASNet) refuse a
     # state_dict without them. The fresh instance runs the same code, so its versions are the ones.
@@ -129,3 +158,16 @@ def load(path: str | os.PathLike[str], *, model: nn.Module) -> nn.Module:
         raise LoadError(f"{weights_path}: does not fit the model ({detail}); pass a fresh instance "
                         "of the saved model class") from e
     return model
+
+
+def _check(model: nn.Module, specs: dict[str, ModuleSpec], state: dict[str, torch.Tensor], root: Path,
+           weights_path: Path) -> None:
+    try:
+        check(model, specs, state)
+    except ArchitectureMismatch as e:
+        raise LoadError(f"{root / SPEC_FILE}: {e}: the model is not the architecture that was saved; "
+                        "pass a fresh instance of the saved model class") from e
+    except WeightsMismatch as e:
+        raise LoadError(f"{weights_path}: {e}: the files do not belong together; save the model again") from e
+    except SpecError as e:
+        raise LoadError(f"{root / SPEC_FILE}: {e}; secateur.io.load cannot restore this model") from e

@@ -3,15 +3,9 @@
     small = low_rank(model, energy=0.9)      # each big Linear -> Sequential(Linear(in, r, bias=False), Linear(r, out))
     smaller = secateur.prune(small, x, secateur.criteria.L1(), amount=0.5)   # composes with channel pruning
 
-Saving and loading. ``secateur.save`` writes a factorised model as usual, but ``secateur.load`` cannot
-turn a fresh instance's ``nn.Linear`` into the factorised pair (it only resizes modules, it does not
-replace them). Rebuild the structure first, then load, which resizes the widths (ranks included)::
-
-    ranks = low_rank_ranks(small)                          # {"classifier.1": 412, ...}; keep it (JSON)
-    again = secateur.load(path, model=low_rank(Model(), rank=ranks))
-
-or save the model before factorising and call ``low_rank`` after loading: the SVD is deterministic,
-so ``low_rank(secateur.load(path, model=Model()), energy=0.9)`` gives the same model again.
+Saving and loading. ``secateur.save`` records the factor pairs' ranks in ``pruning.json``
+(``low_rank_ranks``) and ``secateur.load(path, model=Model())`` puts a pair of that rank in place of
+each recorded ``nn.Linear`` of the fresh instance (:func:`factor_pair`) before loading the weights.
 """
 
 from __future__ import annotations
@@ -24,7 +18,7 @@ from torch import nn
 
 from secateur.graph import resolve_modules
 
-__all__ = ["low_rank", "low_rank_ranks"]
+__all__ = ["factor_pair", "is_factor_pair", "low_rank", "low_rank_ranks"]
 
 
 def low_rank(model: nn.Module, *, energy: float = 0.9, rank: int | Mapping[str, int] | None = None,
@@ -68,10 +62,18 @@ def low_rank_ranks(model: nn.Module) -> dict[str, int]:
     A factor pair is an ``nn.Sequential`` of exactly two ``nn.Linear``, the first without bias,
     whose widths match; its rank is the width between them (after pruning, the pruned width).
     """
-    return {name: m[0].out_features for name, m in model.named_modules() if _is_pair(m)}
+    return {name: m[0].out_features for name, m in model.named_modules() if is_factor_pair(m)}
 
 
-def _is_pair(m: nn.Module) -> bool:
+def factor_pair(layer: nn.Linear, r: int) -> nn.Sequential:
+    """``Sequential(Linear(in, r, bias=False), Linear(r, out))`` shaped to replace ``layer`` at rank ``r``,
+    with the layer's dtype, device and training flag; its weights are freshly initialised."""
+    kw = {"device": layer.weight.device, "dtype": layer.weight.dtype}
+    return nn.Sequential(nn.Linear(layer.in_features, r, bias=False, **kw),
+                         nn.Linear(r, layer.out_features, bias=layer.bias is not None, **kw)).train(layer.training)
+
+
+def is_factor_pair(m: nn.Module) -> bool:
     return (type(m) is nn.Sequential and len(m) == 2 and all(isinstance(x, nn.Linear) for x in m)
             and m[0].bias is None and m[0].out_features == m[1].in_features)
 
@@ -137,15 +139,13 @@ def _energy_rank(s: torch.Tensor, energy: float) -> int:
 def _factorised(layer: nn.Linear, u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, r: int) -> nn.Sequential:
     """``Sequential(Linear(in, r, bias=False), Linear(r, out))`` from the SVD ``u s vh`` of ``layer.weight``."""
     root = s[:r].sqrt()
-    kw = {"device": layer.weight.device, "dtype": layer.weight.dtype}
-    first = nn.Linear(layer.in_features, r, bias=False, **kw)
-    second = nn.Linear(r, layer.out_features, bias=layer.bias is not None, **kw)
+    pair = factor_pair(layer, r)
+    first, second = pair
     first.weight.copy_(root[:, None] * vh[:r])
     second.weight.copy_(u[:, :r] * root)
     if layer.bias is not None:
         second.bias.copy_(layer.bias)
+        second.bias.requires_grad_(layer.bias.requires_grad)
     first.weight.requires_grad_(layer.weight.requires_grad)
     second.weight.requires_grad_(layer.weight.requires_grad)
-    if layer.bias is not None:
-        second.bias.requires_grad_(layer.bias.requires_grad)
-    return nn.Sequential(first, second).train(layer.training)
+    return pair
