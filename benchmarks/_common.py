@@ -92,6 +92,23 @@ def write_results(name: str, rows: list[dict], argv: Sequence[str]) -> Path:
     return path
 
 
+def stage_rows(path: Path | None, make: Callable[[], list[dict]]) -> list[dict]:
+    """The rows of one finished stage of a long run: kept in ``path`` (JSON) so that a rerun after an
+    interruption skips the stage; delete the file to measure again. ``path=None``: no keeping."""
+    if path is not None and path.exists():
+        rows = json.loads(path.read_text())
+        print(f"(rows of {path.name} kept from an earlier run; delete it to measure again)", flush=True)
+        return rows
+    rows = make()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(rows, f, default=_jsonable)
+        os.replace(tmp, path)
+    return rows
+
+
 def _jsonable(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None

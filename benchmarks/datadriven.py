@@ -39,8 +39,8 @@ from training import CACHE, X, baseline, latency_ratio, loaders
 
 SEED = 0
 BUDGETS = {  # epochs; calib: calibration images
-    "quick": dict(subset=6000, base=3, finetune=1, calib=256),
-    "full": dict(subset=None, base=15, finetune=3, calib=1000),
+    "quick": dict(subset=6000, base=3, finetune=1, calib=256, compile=False),
+    "full": dict(subset=None, base=15, finetune=3, calib=1000, compile=True),   # compile: 1.2-1.4x on CPU
 }
 RATES = (0.3, 0.5, 0.7)
 FIG4_METHODS = ("random", "l1", "apoz", "taylor", "taylor2019", "thinet", "lasso")
@@ -181,7 +181,7 @@ def whole(name, base, acc_base, calib, train, test, B, ck) -> list[dict]:
             small, extra = make()
             p = record("pruned", small, X, test)
             hist = fit(small, train, epochs=B["finetune"], optim=SGD, eval_loader=test, seed=SEED, progress=False,
-                       checkpoint=ck / f"dd-{name}-{tool}-{method}", resume=True)
+                       checkpoint=ck / f"dd-{name}-{tool}-{method}", resume=True, compile=B["compile"])
             rows.append(_common.row(**info, macs_ratio=p["macs"] / b["macs"], params_ratio=p["params"] / b["params"],
                                     latency_ratio=latency_ratio(base, small), acc_pruned=p["acc"],
                                     acc_finetuned=hist[-1]["eval_acc"], **extra))
@@ -310,13 +310,15 @@ def main(argv: list[str]) -> None:
         bases[model] = baseline(model, mode, train, test, B["base"])
         acc[model] = evaluate(bases[model], test)["acc"]
         print(f"baseline {model}: test acc {acc[model]:.4f}", flush=True)
-    f4 = fig4(bases["vgg8"], acc["vgg8"], calib, test)
+    keep = None if args.quick else lambda stage: ck / f"datadriven-{stage}.rows.json"   # full runs resume
+    f4 = _common.stage_rows(keep and keep("fig4"), lambda: fig4(bases["vgg8"], acc["vgg8"], calib, test))
     png = _common.RESULTS / f"{name}_fig4.png"
     plot_fig4(f4, acc["vgg8"], png)
     rows += f4
     _common.write_results(name, rows, argv)
     for model, base in bases.items():
-        rows += whole(model, base, acc[model], calib, train, test, B, ck)
+        rows += _common.stage_rows(keep and keep(f"whole-{model}"),
+                                   lambda: whole(model, base, acc[model], calib, train, test, B, ck))
         _common.write_results(name, rows, argv)
     out = _common.write_results(name, rows, argv)
     report(rows, mode, out, png, time.perf_counter() - started)

@@ -88,7 +88,7 @@ def headline(name, base, acc_base, calib, train, test, B, ck) -> list[dict]:
             ft = ck / f"dd-{name}-{tool}-{method}"
             resumed = (ft / "state.json").exists()
             hist = fit(small, train, epochs=B["finetune"], optim=SGD, eval_loader=test, seed=SEED,
-                       progress=False, checkpoint=ft, resume=True)
+                       progress=False, checkpoint=ft, resume=True, compile=B["compile"])
             small = _common.dense(small)
             acc = evaluate(small, test)["acc"]
             s = secateur.measure(small, X, latency=False)
