@@ -42,18 +42,21 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
                         "save it again") from e
 
 
-def read_header(spec_path: Path, fmt: str, version: int, writer: str) -> dict:
-    """The JSON header a secateur writer left in ``spec_path``, checked for its format and version."""
+def read_header(spec_path: Path, fmt: str, version: int, writer: str, *,
+                remedy: str = "save the model again", missing: str | None = None) -> dict:
+    """The JSON header a secateur writer left in ``spec_path``, checked for its format and version (a
+    header without a version is version 1). Errors name the file and end with ``remedy``; ``missing``
+    replaces the message for an absent file."""
     if not spec_path.is_file():
-        raise LoadError(f"{spec_path}: missing; {spec_path.parent} was not written by {writer}")
+        raise LoadError(f"{spec_path}: " + (missing or f"missing; {spec_path.parent} was not written by {writer}"))
     try:
         header = json.loads(spec_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LoadError(f"{spec_path}: not valid JSON ({_first_line(e)}); save the model again") from e
-    found = (header.get("format"), header.get("version")) if isinstance(header, dict) else (None, None)
+        raise LoadError(f"{spec_path}: not valid JSON ({_first_line(e)}); {remedy}") from e
+    found = (header.get("format"), header.get("version", 1)) if isinstance(header, dict) else (None, None)
     if found != (fmt, version):
         raise LoadError(f"{spec_path}: format {found[0]!r} version {found[1]!r}, expected {fmt!r} "
-                        f"version {version}; save the model again with this secateur")
+                        f"version {version} (written by {writer}); {remedy}")
     return header
 
 

@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from ..io._atomic import atomic_dir
-from ..io._checkpoint import LoadError, _first_line, read_safetensors
+from ..io._checkpoint import LoadError, _first_line, read_header, read_safetensors
 from ..io._state import shippable_state_dict
 from ._callbacks import Callback
 
-FORMAT = "secateur-train"
+FORMAT, VERSION = "secateur-train", 1
 MODEL, OPTIM, STATE = "model.safetensors", "optimizer.safetensors", "state.json"
 
 
@@ -55,7 +55,7 @@ def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, ca
     for i, cb in enumerate(callbacks):
         for key, value in cb.state_dict().items():
             extra[f"cb{i}.{key}"] = value.detach().contiguous().cpu()
-    header = {"format": FORMAT, "epochs_done": epochs_done, "history": history,
+    header = {"format": FORMAT, "version": VERSION, "epochs_done": epochs_done, "history": history,
               "param_groups": state["param_groups"], "optimizer_scalars": scalars,
               "fingerprint": _fingerprint(model)}
     with atomic_dir(path, overwrite=True) as tmp:
@@ -65,17 +65,9 @@ def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, ca
 
 
 def _read_state(path: Path) -> dict:
-    file = path / STATE
-    if not file.is_file():
-        raise LoadError(f"{file}: no such file; {path} is not a training checkpoint (resume=False starts over "
-                        "in a new directory)")
-    try:
-        header = json.loads(file.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise LoadError(f"{file}: corrupt checkpoint state ({_first_line(e)}); delete {path} to start over") from e
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise LoadError(f"{file}: not a secateur training checkpoint; delete {path} to start over")
-    return header
+    return read_header(path / STATE, FORMAT, VERSION, "secateur.train.fit", remedy=f"delete {path} to start over",
+                       missing=f"no such file; {path} is not a training checkpoint (resume=False starts over "
+                               "in a new directory)")
 
 
 def _check_model(path: Path, model: nn.Module, header: dict) -> None:
