@@ -27,7 +27,7 @@ demo: setup
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/secateur compress demo --out runs/demo --force
 
 test: setup
-	$(VPY) -m pytest -n 2 --dist loadgroup
+	$(VPY) -m pytest -n 2 --dist loadgroup --durations=15
 
 bench-deps: setup
 	$(VPY) -m pip install --quiet -e '.[bench]'
