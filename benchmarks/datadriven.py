@@ -301,16 +301,15 @@ def main(argv: list[str]) -> None:
     mode, B, ck, name, train, test, calib = prepare(args.quick, "datadriven")
     print(f"seeds: {SEED} (torch, training subset, calibration draw, fit, Random, ThiNet/LASSO sampling); "
           f"threads {torch.get_num_threads()}; mode {mode}", flush=True)
-    rows = [greedy_speed()]
+    keep = None if args.quick else lambda stage: ck / f"datadriven-{stage}.rows.json"   # full runs resume
+    rows = _common.stage_rows(keep and keep("speed"), lambda: [greedy_speed()] + memory_rows())
     print(f"greedy: {rows[0]['fast_s'] * 1e3:.1f} ms vs naive {rows[0]['naive_s']:.2f} s", flush=True)
-    rows += memory_rows()
     _common.write_results(name, rows, argv)
     bases, acc = {}, {}
     for model in ("vgg8", "resnet56"):
         bases[model] = baseline(model, mode, train, test, B["base"])
         acc[model] = evaluate(bases[model], test)["acc"]
         print(f"baseline {model}: test acc {acc[model]:.4f}", flush=True)
-    keep = None if args.quick else lambda stage: ck / f"datadriven-{stage}.rows.json"   # full runs resume
     f4 = _common.stage_rows(keep and keep("fig4"), lambda: fig4(bases["vgg8"], acc["vgg8"], calib, test))
     png = _common.RESULTS / f"{name}_fig4.png"
     plot_fig4(f4, acc["vgg8"], png)

@@ -134,36 +134,39 @@ def int8(row: dict, path: Path, calib, test) -> None:
           f"(fp32 ORT {_common.fmt(row.get('onnx_acc'))}) {row.get('int8_error') or ''}", flush=True)
 
 
-def compress(mode: str) -> list[dict]:
-    """Wall time of `secateur compress RECIPE` in a subprocess, from an empty --out directory."""
+def compress(mode: str, keep) -> list[dict]:
+    """Wall time of `secateur compress RECIPE` in a subprocess for every shipped recipe (quick: the demo)."""
     names = ["demo"] if mode == "quick" else subprocess.run(CLI + ["recipes"], capture_output=True, text=True,
                                                             check=True).stdout.split()
-    rows = []
-    for name in names:
-        out = CACHE / mode / "compress" / name
-        shutil.rmtree(out, ignore_errors=True)   # --force only replaces a finished run; this times a fresh one
-        info = dict(tool="secateur", method=f"compress {name}", experiment="compress", recipe=name, seed=0)
-        start = time.perf_counter()
-        p = subprocess.run(CLI + ["compress", name, "--out", str(out), "--no-progress", "--force"],
-                           capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        try:
-            if p.returncode:
-                raise RuntimeError((p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1])
-            s = json.loads((out / "summary.json").read_text())
-            recs = s["records"]
-            first, last = recs[0], recs[-1]
-            toml = tomllib.loads(Path(s["recipe"]).read_text())
-            rows.append(_common.row(
-                **info, model=toml["model"]["arch"], target={k: v for k, v in toml["method"].items() if k != "name"},
-                wall_s=wall, acc_base=s["accuracy"]["before"], acc_finetuned=s["accuracy"]["after"],
-                macs_ratio=last["macs"] / first["macs"], params_ratio=last["params"] / first["params"],
-                finetune_epochs=toml.get("finetune", {}).get("epochs", 0), last_stage=last["stage"]))
-        except Exception as e:
-            rows.append(_common.row(**info, wall_s=wall, ok=False, error=_common.error_line(e)))
-        r = rows[-1]
-        print(f"compress {name}: {wall:.0f} s acc {_common.fmt(r['acc_finetuned'])} {r['error'] or ''}", flush=True)
-    return rows
+    return [r for name in names for r in _common.stage_rows(keep and keep(f"compress-{name}"),
+                                                            lambda: [compress_one(name, mode)])]
+
+
+def compress_one(name: str, mode: str) -> dict:
+    """One recipe from an empty --out directory (--force only replaces a finished run; this times a fresh one)."""
+    out = CACHE / mode / "compress" / name
+    shutil.rmtree(out, ignore_errors=True)
+    info = dict(tool="secateur", method=f"compress {name}", experiment="compress", recipe=name, seed=0)
+    start = time.perf_counter()
+    p = subprocess.run(CLI + ["compress", name, "--out", str(out), "--no-progress", "--force"],
+                       capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    try:
+        if p.returncode:
+            raise RuntimeError((p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1])
+        s = json.loads((out / "summary.json").read_text())
+        recs = s["records"]
+        first, last = recs[0], recs[-1]
+        toml = tomllib.loads(Path(s["recipe"]).read_text())
+        r = _common.row(
+            **info, model=toml["model"]["arch"], target={k: v for k, v in toml["method"].items() if k != "name"},
+            wall_s=wall, acc_base=s["accuracy"]["before"], acc_finetuned=s["accuracy"]["after"],
+            macs_ratio=last["macs"] / first["macs"], params_ratio=last["params"] / first["params"],
+            finetune_epochs=toml.get("finetune", {}).get("epochs", 0), last_stage=last["stage"])
+    except Exception as e:
+        r = _common.row(**info, wall_s=wall, ok=False, error=_common.error_line(e))
+    print(f"compress {name}: {wall:.0f} s acc {_common.fmt(r['acc_finetuned'])} {r['error'] or ''}", flush=True)
+    return r
 
 
 def main(argv: list[str]) -> None:
@@ -174,14 +177,16 @@ def main(argv: list[str]) -> None:
     mode, B, ck, name, train, test, calib = prepare(args.quick, "product")
     print(f"seed {SEED}; threads {torch.get_num_threads()} (timings: 1); mode {mode}; onnxruntime "
           f"{importlib.metadata.version('onnxruntime')}", flush=True)
+    keep = None if args.quick else lambda stage: ck / f"product-{stage}.rows.json"   # full runs resume
     rows = []
     for model in MODELS:
         base = baseline(model, mode, train, test, B["base"])
         acc = evaluate(base, test)["acc"]
         print(f"baseline {model}: test acc {acc:.4f}", flush=True)
-        rows += headline(model, base, acc, calib, train, test, B, ck)
+        rows += _common.stage_rows(keep and keep(f"headline-{model}"),
+                                   lambda: headline(model, base, acc, calib, train, test, B, ck))
         _common.write_results(name, rows, argv)
-    rows += compress(mode)
+    rows += compress(mode, keep)
     out = _common.write_results(name, rows, argv)
     report(rows, mode, out, time.perf_counter() - started)
 
