@@ -42,7 +42,7 @@ X = torch.zeros(1, 1, 28, 28)
 ISTA_SHRINK = 1.0   # ISTA: rho is set so that sum(lr) * rho, the most a gamma can shrink, is this
 BUDGETS = {  # epochs
     "quick": dict(subset=6000, base=3, sparsity=2, finetune=1, han=(1.0, 1.5, 2.0, 2.2), han_epochs=1),
-    "full": dict(subset=None, base=15, sparsity=10, finetune=5, han=(1.0, 1.5, 2.0, 2.2), han_epochs=2),
+    "full": dict(subset=None, base=15, sparsity=10, finetune=5, han=(1.0, 1.5, 2.0, 2.2, 2.4), han_epochs=2),
 }
 
 
