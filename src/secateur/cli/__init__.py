@@ -12,7 +12,6 @@ Errors in what the user typed or wrote are one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -87,11 +86,11 @@ def _dispatch(args) -> int:
         print("\n".join(shipped()))
         return 0
     if args.command == "compress":
-        from ._compress import run
+        from ._compress import run, stages_table
         recipe = parse(args.recipe)
         out = args.out or Path("runs") / recipe.path.stem
         summary = run(recipe, out, force=args.force, progress=not args.no_progress)
-        print(json.dumps(summary["accuracy"]))
+        print(stages_table(summary["records"]))
         print(f"done: {out}/model (weights), {out}/report/report.md")
         return 0
     if args.command == "export":

@@ -153,6 +153,22 @@ def _outer_layers(model: nn.Module, x) -> list[str]:
     return [n for g in graph.prunable for n in g.modules(Role.OUT) if n not in inner]
 
 
+def stages_table(records: list[dict]) -> str:
+    """Params, MACs and accuracy of each evaluated stage (ratios to the first), as aligned text; the
+    layer-wise methods' per-layer records (no accuracy) are left to records.json."""
+    from ..measure.stats import _si
+    records = [r for r in records if r.get("acc") is not None] or records
+    first = records[0]
+    lines = [["stage", "params", "MACs", "accuracy"]]
+    for i, r in enumerate(records):
+        ratio = (lambda k: f" ({r[k] / first[k]:.2f}x)" if i and first[k] else "")
+        lines.append([r["stage"], _si(r["params"]) + ratio("params"), _si(r["macs"]) + ratio("macs"),
+                      "-" if r.get("acc") is None else f"{r['acc']:.2%}"])
+    widths = [max(len(line[c]) for line in lines) for c in range(4)]
+    return "\n".join("  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in
+                               enumerate(zip(line, widths))).rstrip() for line in lines)
+
+
 def _finish(recipe: Recipe, base, small, x, test, calib, records, history, out: Path) -> dict:
     acc = {"before": evaluate(base, test)["acc"], "after": evaluate(small, test)["acc"]}
     extra = {}
