@@ -83,10 +83,14 @@ def write_results(name: str, rows: list[dict], argv: Sequence[str]) -> Path:
     doc = {"benchmark": name.removesuffix("_quick"),
            "command": " ".join(["python", f"benchmarks/{Path(argv[0]).name}", *argv[1:]]),
            "date": datetime.date.today().isoformat(), "machine": machine(), "rows": rows}
-    path = RESULTS / f"{name}.json"
-    fd, tmp = tempfile.mkstemp(dir=RESULTS, suffix=".tmp")
+    return _dump(RESULTS / f"{name}.json", doc, indent=1)
+
+
+def _dump(path: Path, obj, indent: int | None = None) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically (temp file in the same folder + rename)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=1, default=_jsonable)
+        json.dump(obj, f, indent=indent, default=_jsonable)
         f.write("\n")
     os.replace(tmp, path)
     return path
@@ -102,10 +106,7 @@ def stage_rows(path: Path | None, make: Callable[[], list[dict]]) -> list[dict]:
     rows = make()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(rows, f, default=_jsonable)
-        os.replace(tmp, path)
+        _dump(path, rows)
     return rows
 
 

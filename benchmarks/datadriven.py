@@ -318,8 +318,7 @@ def main(argv: list[str]) -> None:
     for model, base in bases.items():
         rows += _common.stage_rows(keep and keep(f"whole-{model}"),
                                    lambda: whole(model, base, acc[model], calib, train, test, B, ck))
-        _common.write_results(name, rows, argv)
-    out = _common.write_results(name, rows, argv)
+        out = _common.write_results(name, rows, argv)
     report(rows, mode, out, png, time.perf_counter() - started)
 
 
