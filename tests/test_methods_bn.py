@@ -166,3 +166,20 @@ def test_papers_models_train_and_slim(name, shape):
     history = fit(small, loader, epochs=1, optim=Optim(lr=0.01), progress=False)
     assert np.isfinite(history[0]["loss"])
     assert small.eval()(x).shape == (2, 10)
+
+
+def test_slimming_compiled_trains_the_same_gammas(monkeypatch):
+    """compile= reaches the training stages, and the callbacks still act on the compiled model's
+    parameters: the sparse gammas match an uncompiled run."""
+    compiled_calls, real_compile = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled_calls.append(m) or real_compile(m, **kw))
+    train, _ = _loaders()
+    cfg = Slimming(sparsity=1e-2, amount=0.5, sparsity_epochs=1, finetune_epochs=0, optim=Optim(lr=0.05))
+    runs = []
+    for c in (False, True):
+        torch.manual_seed(0)
+        runs.append(slimming(tiny_net(), train, X, cfg, progress=False, compile=c))
+    eager, compiled = (torch.tensor(r.last("sparse")["gammas"]) for r in runs)
+    assert len(compiled_calls) == 1               # the sparsity stage (no fine-tune epochs asked)
+    assert (eager - 1.0).abs().max() > 1e-2     # gammas start at 1: the sparsity epoch moved them
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)

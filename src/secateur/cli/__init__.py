@@ -36,6 +36,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--out", type=Path, help="output directory (default runs/<recipe>)")
     c.add_argument("--force", action="store_true", help="replace a finished run in --out")
     c.add_argument("--no-progress", action="store_true")
+    c.add_argument("--compile", action="store_true",
+                   help="train through torch.compile (about 40 s to compile each stage, then 1.2-1.4x on CPU)")
     for name, help_ in (("inspect", "channel groups and per-layer cost of a model"),
                         ("measure", "params, MACs, latency and size of a model or a run")):
         s = sub.add_parser(name, help=help_)
@@ -89,7 +91,7 @@ def _dispatch(args) -> int:
         from ._compress import run, stages_table
         recipe = parse(args.recipe)
         out = args.out or Path("runs") / recipe.path.stem
-        summary = run(recipe, out, force=args.force, progress=not args.no_progress)
+        summary = run(recipe, out, force=args.force, progress=not args.no_progress, compile=args.compile)
         print(stages_table(summary["records"]))
         print(f"done: {out}/model (weights), {out}/report/report.md")
         return 0

@@ -67,12 +67,13 @@ def loaders(recipe: Recipe):
             DataLoader(shown, batch_size=256), calib, test)
 
 
-def run(recipe: Recipe, out: Path, *, force: bool = False, progress: bool = True) -> dict:
+def run(recipe: Recipe, out: Path, *, force: bool = False, progress: bool = True, compile: bool = False) -> dict:
     if (out / "summary.json").exists():
         if not force:
             raise UsageError(f"{out} holds a finished run; pass --force to replace it or --out to choose another")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    how = dict(progress=progress, compile=compile)      # how every training stage runs
     train, test, calib, test_set = loaders(recipe)
     shape = tuple(test_set[0][0].shape)
     x = torch.zeros(1, *shape)
@@ -87,13 +88,13 @@ def run(recipe: Recipe, out: Path, *, force: bool = False, progress: bool = True
         load_weights(base, recipe.model["weights"])
     else:
         fit(base, train, epochs=recipe.baseline_epochs, optim=recipe.baseline, eval_loader=test,
-            checkpoint=out / "baseline", resume=True, progress=progress)
+            checkpoint=out / "baseline", resume=True, **how)
     base.eval()
     if (out / "model").exists() and (out / "records.json").exists():
         small = load(out / "model", model=fresh())       # factor pairs included: pruning.json lists them
         records = json.loads((out / "records.json").read_text())
     else:
-        result = _method(recipe, base, x, train, test, calib, out / "method", progress)
+        result = _method(recipe, base, x, train, test, calib, out / "method", how)
         small, records = result.model, result.records
         write_json(out / "history.json", result.history)
         if recipe.lowrank["energy"]:
@@ -110,9 +111,9 @@ def run(recipe: Recipe, out: Path, *, force: bool = False, progress: bool = True
     return summary
 
 
-def _method(recipe: Recipe, base, x, train, test, calib, ck: Path, progress: bool) -> Result:
+def _method(recipe: Recipe, base, x, train, test, calib, ck: Path, how: dict) -> Result:
     name, cfg, o = recipe.method, recipe.config, recipe.options
-    kw = dict(eval_loader=test, checkpoint=ck, resume=True, progress=progress)
+    kw = dict(eval_loader=test, checkpoint=ck, resume=True, **how)
     if name == "slimming":
         return methods.slimming(base, train, x, cfg, **kw)
     if name == "ista":
@@ -130,7 +131,7 @@ def _method(recipe: Recipe, base, x, train, test, calib, ck: Path, progress: boo
     result = Result(small, [record("baseline", base, x, test), record("pruned", small, x, test)])
     if recipe.finetune_epochs:
         result.history = fit(small, train, epochs=recipe.finetune_epochs, optim=recipe.finetune, eval_loader=test,
-                             checkpoint=ck / "finetune", resume=True, progress=progress)
+                             checkpoint=ck / "finetune", resume=True, **how)
         result.records.append(record("finetuned", small, x, test))
     return result
 

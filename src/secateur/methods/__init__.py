@@ -8,7 +8,9 @@
     result.model, result.records                      # the new model; one record per stage
 
 The caller's model is never changed. Each method is a small frozen config plus the callbacks it adds
-to ``secateur.train.fit`` (SparsityL1, ProximalL1, HoldMasks), usable on their own.
+to ``secateur.train.fit`` (SparsityL1, ProximalL1, HoldMasks), usable on their own. Every method
+takes fit's run options: ``checkpoint=``/``resume=`` (each training stage in its own sub-directory),
+``progress=`` and ``compile=``.
 """
 from ._common import Result
 from ._magnitude_masks import HoldMasks, apply_masks_, magnitude_masks, sparsity
@@ -18,5 +20,6 @@ from .magnitude import Magnitude, magnitude
 from .sensitivity import sensitivity, sensitivity_ratios
 from .slimming import Slimming, SparsityL1, slimming
 
-__all__ = ["sensitivity", "sensitivity_ratios", "ChannelPruning", "ThiNet", "channel_pruning", "gap_head", "thinet", "ISTA", "HoldMasks", "Magnitude", "ProximalL1", "Result", "Slimming", "SparsityL1", "apply_masks_",
-           "ista", "magnitude", "magnitude_masks", "rescale", "slimming", "sparsity"]
+__all__ = ["ChannelPruning", "HoldMasks", "ISTA", "Magnitude", "ProximalL1", "Result", "Slimming", "SparsityL1",
+           "ThiNet", "apply_masks_", "channel_pruning", "gap_head", "ista", "magnitude", "magnitude_masks",
+           "rescale", "sensitivity", "sensitivity_ratios", "slimming", "sparsity", "thinet"]

@@ -152,7 +152,7 @@ def penalties(graph: Graph, model: nn.Module, rho: float, cost_weighted: bool) -
 
 def ista(model: nn.Module, train_loader, example_inputs, config: ISTA = ISTA(), *, eval_loader=None,
          ignore: Iterable = (), checkpoint=None, resume: bool = False, progress: bool = True,
-         seed: int = 0) -> Result:
+         seed: int = 0, compile: bool = False) -> Result:
     """Sparsify BN scales by ISTA on a copy of ``model``, remove the exact zeros (folding their
     constant outputs), then fine-tune. Records: "baseline", "sparse" (with ``zero_gammas``),
     "pruned" (with ``max_rel_diff``: pruned vs sparse-trained outputs on ``example_inputs``,
@@ -165,7 +165,7 @@ def ista(model: nn.Module, train_loader, example_inputs, config: ISTA = ISTA(), 
     scaled = rescale(model, graph, config.alpha, x)
     fit(model, train_loader, epochs=config.sparsity_epochs, optim=config.optim, eval_loader=eval_loader,
         callbacks=[ProximalL1(penalties(graph, model, config.rho, config.cost_weighted))],
-        checkpoint=subdir(checkpoint, "sparsity"), resume=resume, progress=progress, seed=seed)
+        checkpoint=subdir(checkpoint, "sparsity"), resume=resume, progress=progress, seed=seed, compile=compile)
     x = x.to(next(model.parameters()).device)
     rescale(model, graph, 1.0 / config.alpha, x, groups=scaled, tol=float("inf"))
     zeros = sum(int((bn.weight == 0).sum()) for bn in bn_layers(model).values())
@@ -180,7 +180,8 @@ def ista(model: nn.Module, train_loader, example_inputs, config: ISTA = ISTA(), 
     result.records.append(record("pruned", pruned, x, eval_loader, max_rel_diff=diff))
     result.history = fit(pruned, train_loader, epochs=config.finetune_epochs,
                          optim=config.finetune_optim or config.optim, eval_loader=eval_loader,
-                         checkpoint=subdir(checkpoint, "finetune"), resume=resume, progress=progress, seed=seed)
+                         checkpoint=subdir(checkpoint, "finetune"), resume=resume, progress=progress, seed=seed,
+                         compile=compile)
     result.records.append(record("finetuned", pruned, x, eval_loader))
     result.model = pruned
     return result

@@ -87,7 +87,7 @@ def channel_pruning(model: nn.Module, data, example_inputs, config: ChannelPruni
 
 
 def _run(model, data, x, config: _Layerwise, step, *, train_loader=None, eval_loader=None, checkpoint=None,
-         resume: bool = False, progress: bool = True) -> Result:
+         resume: bool = False, progress: bool = True, compile: bool = False) -> Result:
     if (config.layer_epochs or config.finetune_epochs) and train_loader is None:
         raise ValueError("fine-tuning epochs were asked for but no train_loader= was given")
     model = copy.deepcopy(model)
@@ -105,13 +105,14 @@ def _run(model, data, x, config: _Layerwise, step, *, train_loader=None, eval_lo
         model = apply(model, graph, Plan({group.index: tuple(kept.tolist())}))
         if config.layer_epochs:
             fit(model, train_loader, epochs=config.layer_epochs, optim=config.optim, eval_loader=eval_loader,
-                checkpoint=subdir(checkpoint, f"layer{i}"), resume=resume, progress=progress, seed=config.seed)
+                checkpoint=subdir(checkpoint, f"layer{i}"), resume=resume, progress=progress, seed=config.seed,
+                compile=compile)
         result.records.append(record("layer", model, x, None, layer=name, kept=len(kept), of=group.size))
     result.records.append(record("pruned", model, x, eval_loader))
     if config.finetune_epochs:
         result.history = fit(model, train_loader, epochs=config.finetune_epochs, optim=config.optim,
                              eval_loader=eval_loader, checkpoint=subdir(checkpoint, "finetune"), resume=resume,
-                             progress=progress, seed=config.seed)
+                             progress=progress, seed=config.seed, compile=compile)
         result.records.append(record("finetuned", model, x, eval_loader))
     result.model = model
     return result

@@ -36,7 +36,7 @@ class Magnitude:
 
 def magnitude(model: nn.Module, train_loader, example_inputs, config: Magnitude = Magnitude(), *,
               eval_loader=None, checkpoint=None, resume: bool = False, progress: bool = True,
-              seed: int = 0) -> Result:
+              seed: int = 0, compile: bool = False) -> Result:
     """Iterative magnitude pruning of a copy of ``model``. Records per round: "pruned" (before
     retraining) and "retrained", each with ``nonzero``, ``total`` and ``compression`` (total/nonzero)
     over the pruned layers; ``result.masks`` holds the final masks."""
@@ -49,7 +49,8 @@ def magnitude(model: nn.Module, train_loader, example_inputs, config: Magnitude 
         result.records.append(_record("pruned", model, example_inputs, eval_loader, config.layers, r, quality))
         result.history = fit(model, train_loader, epochs=config.epochs, optim=config.optim,
                              callbacks=[HoldMasks(masks)], eval_loader=eval_loader,
-                             checkpoint=subdir(checkpoint, f"round{r}"), resume=resume, progress=progress, seed=seed)
+                             checkpoint=subdir(checkpoint, f"round{r}"), resume=resume, progress=progress, seed=seed,
+                             compile=compile)
         result.records.append(_record("retrained", model, example_inputs, eval_loader, config.layers, r, quality))
     result.masks = masks
     return result

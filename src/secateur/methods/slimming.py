@@ -71,13 +71,14 @@ class Slimming:
 
 def slimming(model: nn.Module, train_loader, example_inputs, config: Slimming = Slimming(), *,
              eval_loader=None, ignore: Iterable = (), checkpoint=None, resume: bool = False,
-             progress: bool = True, seed: int = 0) -> Result:
+             progress: bool = True, seed: int = 0, compile: bool = False) -> Result:
     """Run Network Slimming on a copy of ``model`` (the caller's model is not changed).
 
     Records per pass: "sparse" (after sparsity training, with the |gamma| of every BN), "pruned"
     (before fine-tuning) and "finetuned"; the first record is the "baseline".
     checkpoint: a directory; each training stage checkpoints in its own sub-directory, and
     ``resume=True`` reruns the method from where it stopped (pruning is deterministic).
+    compile: train every stage through ``torch.compile`` (see ``secateur.train.fit``).
     """
     model = copy.deepcopy(model)
     ft = config.finetune_optim or config.optim
@@ -86,7 +87,8 @@ def slimming(model: nn.Module, train_loader, example_inputs, config: Slimming = 
     for p in range(config.passes):
         fit(model, train_loader, epochs=config.sparsity_epochs, optim=config.optim,
             callbacks=[SparsityL1(config.sparsity)], eval_loader=eval_loader,
-            checkpoint=subdir(checkpoint, f"pass{p}-sparsity"), resume=resume, progress=progress, seed=seed)
+            checkpoint=subdir(checkpoint, f"pass{p}-sparsity"), resume=resume, progress=progress, seed=seed,
+            compile=compile)
         gammas = torch.cat([bn.weight.detach().abs().flatten().cpu() for bn in bn_layers(model).values()])
         result.records.append({**record("sparse", model, example_inputs, eval_loader, **{"pass": p}),
                                "gammas": gammas.tolist()})
@@ -94,7 +96,7 @@ def slimming(model: nn.Module, train_loader, example_inputs, config: Slimming = 
         result.records.append(record("pruned", model, example_inputs, eval_loader, **{"pass": p}))
         result.history = fit(model, train_loader, epochs=config.finetune_epochs, optim=ft, eval_loader=eval_loader,
                              checkpoint=subdir(checkpoint, f"pass{p}-finetune"), resume=resume, progress=progress,
-                             seed=seed)
+                             seed=seed, compile=compile)
         result.records.append(record("finetuned", model, example_inputs, eval_loader, **{"pass": p}))
     result.model = model
     return result

@@ -156,7 +156,7 @@ def fit(model: nn.Module, train_loader, *, epochs: int, optim: Optim = Optim(), 
         done, history = resumed.epochs_done, resumed.history
     loader = _dist.shard(train_loader, rank, world, seed) if world > 1 else train_loader
     net = _dist.wrap(model, device) if world > 1 else model
-    if compile:
+    if compile and done < epochs:
         net = torch.compile(net)
     for cb in callbacks:
         cb.on_fit_begin(model)
