@@ -1,4 +1,4 @@
-"""Machinery the training-time methods share: BN layers, per-stage records, checkpoint sub-directories."""
+"""Machinery the training-time methods share: BN layers, per-stage records, how stages train."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..measure import count_macs, count_params
-from ..train import evaluate
+from ..train import evaluate, fit
 
 BN = nn.modules.batchnorm._BatchNorm
 
@@ -46,8 +46,21 @@ def record(stage: str, model: nn.Module, example_inputs, eval_loader=None, **ext
     return out
 
 
-def subdir(checkpoint: str | Path | None, name: str) -> Path | None:
-    return None if checkpoint is None else Path(checkpoint) / name
+@dataclass(frozen=True)
+class Stages:
+    """How a method trains: ``secateur.train.fit``'s run options, with each named stage checkpointed
+    in its own sub-directory of ``checkpoint`` so that ``resume=True`` continues every stage."""
+
+    checkpoint: str | Path | None = None
+    resume: bool = False
+    progress: bool = True
+    seed: int = 0
+    compile: bool = False
+
+    def fit(self, model: nn.Module, train_loader, stage: str, **kw) -> list[dict]:
+        path = None if self.checkpoint is None else Path(self.checkpoint) / stage
+        return fit(model, train_loader, checkpoint=path, resume=self.resume, progress=self.progress, seed=self.seed,
+                   compile=self.compile, **kw)
 
 
 def check_epochs(**epochs: int) -> None:

@@ -24,8 +24,8 @@ from ..plan import Target
 from ..prune import plan_pruning
 from ..surgery import apply
 from ..surgery._shrink import scale_in_
-from ..train import Callback, Optim, fit
-from ._common import BN, Result, bn_layers, check_epochs, record, subdir
+from ..train import Callback, Optim
+from ._common import BN, Result, Stages, bn_layers, check_epochs, record
 
 
 class ProximalL1(Callback):
@@ -163,9 +163,10 @@ def ista(model: nn.Module, train_loader, example_inputs, config: ISTA = ISTA(), 
     x = example_inputs.to(device)
     graph = trace(model, x, ignore=ignore)
     scaled = rescale(model, graph, config.alpha, x)
-    fit(model, train_loader, epochs=config.sparsity_epochs, optim=config.optim, eval_loader=eval_loader,
-        callbacks=[ProximalL1(penalties(graph, model, config.rho, config.cost_weighted))],
-        checkpoint=subdir(checkpoint, "sparsity"), resume=resume, progress=progress, seed=seed, compile=compile)
+    stages = Stages(checkpoint, resume, progress, seed, compile)
+    stages.fit(model, train_loader, "sparsity", epochs=config.sparsity_epochs, optim=config.optim,
+               callbacks=[ProximalL1(penalties(graph, model, config.rho, config.cost_weighted))],
+               eval_loader=eval_loader)
     x = x.to(next(model.parameters()).device)
     rescale(model, graph, 1.0 / config.alpha, x, groups=scaled, tol=float("inf"))
     zeros = sum(int((bn.weight == 0).sum()) for bn in bn_layers(model).values())
@@ -178,10 +179,8 @@ def ista(model: nn.Module, train_loader, example_inputs, config: ISTA = ISTA(), 
     with torch.no_grad():
         diff = _rel_err(pruned.eval()(x), model.eval()(x))
     result.records.append(record("pruned", pruned, x, eval_loader, max_rel_diff=diff))
-    result.history = fit(pruned, train_loader, epochs=config.finetune_epochs,
-                         optim=config.finetune_optim or config.optim, eval_loader=eval_loader,
-                         checkpoint=subdir(checkpoint, "finetune"), resume=resume, progress=progress, seed=seed,
-                         compile=compile)
+    result.history = stages.fit(pruned, train_loader, "finetune", epochs=config.finetune_epochs,
+                                optim=config.finetune_optim or config.optim, eval_loader=eval_loader)
     result.records.append(record("finetuned", pruned, x, eval_loader))
     result.model = pruned
     return result

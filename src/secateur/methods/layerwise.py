@@ -30,8 +30,8 @@ from ..criteria._windows import consumers, readable, sample
 from ..graph import ChannelGroup, Graph, Role, trace
 from ..plan import Plan, Target, layer_facts, make_plan
 from ..surgery import apply
-from ..train import Optim, fit
-from ._common import Result, check_epochs, record, subdir
+from ..train import Optim
+from ._common import Result, Stages, check_epochs, record
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,7 @@ def _run(model, data, x, config: _Layerwise, step, *, train_loader=None, eval_lo
     if (config.layer_epochs or config.finetune_epochs) and train_loader is None:
         raise ValueError("fine-tuning epochs were asked for but no train_loader= was given")
     model = copy.deepcopy(model)
+    stages = Stages(checkpoint, resume, progress, config.seed, compile)
     if getattr(config, "gap", False):
         model = gap_head(model)
     original = copy.deepcopy(model).eval()
@@ -104,15 +105,13 @@ def _run(model, data, x, config: _Layerwise, step, *, train_loader=None, eval_lo
         kept = step(model, original, graph, group, count, data, config)
         model = apply(model, graph, Plan({group.index: tuple(kept.tolist())}))
         if config.layer_epochs:
-            fit(model, train_loader, epochs=config.layer_epochs, optim=config.optim, eval_loader=eval_loader,
-                checkpoint=subdir(checkpoint, f"layer{i}"), resume=resume, progress=progress, seed=config.seed,
-                compile=compile)
+            stages.fit(model, train_loader, f"layer{i}", epochs=config.layer_epochs, optim=config.optim,
+                       eval_loader=eval_loader)
         result.records.append(record("layer", model, x, None, layer=name, kept=len(kept), of=group.size))
     result.records.append(record("pruned", model, x, eval_loader))
     if config.finetune_epochs:
-        result.history = fit(model, train_loader, epochs=config.finetune_epochs, optim=config.optim,
-                             eval_loader=eval_loader, checkpoint=subdir(checkpoint, "finetune"), resume=resume,
-                             progress=progress, seed=config.seed, compile=compile)
+        result.history = stages.fit(model, train_loader, "finetune", epochs=config.finetune_epochs,
+                                    optim=config.optim, eval_loader=eval_loader)
         result.records.append(record("finetuned", model, x, eval_loader))
     result.model = model
     return result

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..train import Optim, fit
-from ._common import Result, check_epochs, record, subdir
+from ..train import Optim
+from ._common import Result, Stages, check_epochs, record
 from ._magnitude_masks import HoldMasks, apply_masks_, magnitude_masks, sparsity
 
 
@@ -42,15 +42,13 @@ def magnitude(model: nn.Module, train_loader, example_inputs, config: Magnitude 
     over the pruned layers; ``result.masks`` holds the final masks."""
     model = copy.deepcopy(model)
     result = Result(model, [record("baseline", model, example_inputs, eval_loader)])
-    masks = None
+    masks, stages = None, Stages(checkpoint, resume, progress, seed, compile)
     for r, quality in enumerate(config.qualities):
         masks = magnitude_masks(model, quality, layers=config.layers, previous=masks)
         apply_masks_(model, masks)
         result.records.append(_record("pruned", model, example_inputs, eval_loader, config.layers, r, quality))
-        result.history = fit(model, train_loader, epochs=config.epochs, optim=config.optim,
-                             callbacks=[HoldMasks(masks)], eval_loader=eval_loader,
-                             checkpoint=subdir(checkpoint, f"round{r}"), resume=resume, progress=progress, seed=seed,
-                             compile=compile)
+        result.history = stages.fit(model, train_loader, f"round{r}", epochs=config.epochs, optim=config.optim,
+                                    callbacks=[HoldMasks(masks)], eval_loader=eval_loader)
         result.records.append(_record("retrained", model, example_inputs, eval_loader, config.layers, r, quality))
     result.masks = masks
     return result

@@ -22,8 +22,8 @@ from ..graph import trace
 from ..plan import Target
 from ..prune import plan_pruning
 from ..surgery import apply
-from ..train import Callback, Optim, fit
-from ._common import Result, bn_layers, check_epochs, record, subdir
+from ..train import Callback, Optim
+from ._common import Result, Stages, bn_layers, check_epochs, record
 
 
 class SparsityL1(Callback):
@@ -82,21 +82,19 @@ def slimming(model: nn.Module, train_loader, example_inputs, config: Slimming = 
     """
     model = copy.deepcopy(model)
     ft = config.finetune_optim or config.optim
+    stages = Stages(checkpoint, resume, progress, seed, compile)
     result = Result(model, [record("baseline", model, example_inputs, eval_loader)])
     target = Target(amount=config.amount, global_ranking=True, normalize=False, min_channels=config.min_channels)
     for p in range(config.passes):
-        fit(model, train_loader, epochs=config.sparsity_epochs, optim=config.optim,
-            callbacks=[SparsityL1(config.sparsity)], eval_loader=eval_loader,
-            checkpoint=subdir(checkpoint, f"pass{p}-sparsity"), resume=resume, progress=progress, seed=seed,
-            compile=compile)
+        stages.fit(model, train_loader, f"pass{p}-sparsity", epochs=config.sparsity_epochs, optim=config.optim,
+                   callbacks=[SparsityL1(config.sparsity)], eval_loader=eval_loader)
         gammas = torch.cat([bn.weight.detach().abs().flatten().cpu() for bn in bn_layers(model).values()])
         result.records.append({**record("sparse", model, example_inputs, eval_loader, **{"pass": p}),
                                "gammas": gammas.tolist()})
         model = prune_by(model, example_inputs, target, ignore)
         result.records.append(record("pruned", model, example_inputs, eval_loader, **{"pass": p}))
-        result.history = fit(model, train_loader, epochs=config.finetune_epochs, optim=ft, eval_loader=eval_loader,
-                             checkpoint=subdir(checkpoint, f"pass{p}-finetune"), resume=resume, progress=progress,
-                             seed=seed, compile=compile)
+        result.history = stages.fit(model, train_loader, f"pass{p}-finetune", epochs=config.finetune_epochs,
+                                    optim=ft, eval_loader=eval_loader)
         result.records.append(record("finetuned", model, example_inputs, eval_loader, **{"pass": p}))
     result.model = model
     return result
