@@ -243,3 +243,15 @@ def test_load_state_dict_file(tmp_path: Path) -> None:
     for name, says in refused.items():
         with pytest.raises(LoadError, match=says):
             load_state_dict_file(tmp_path / name)
+
+
+def test_saved_files_get_the_usual_mode(tmp_path: Path) -> None:
+    """safetensors' save_file creates 0o600 files; a saved model must be readable as torch.save's
+    would be (the umask's default mode), e.g. by other users of a shared server."""
+    import os
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path = save(pruned_net(), tmp_path / "net")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in path.iterdir()}
+    assert set(modes) == {"model.safetensors", "pruning.json"}
+    assert set(modes.values()) == {0o666 & ~umask}, modes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import uuid
@@ -20,6 +21,21 @@ def _fsync(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@functools.cache
+def _file_mode() -> int:
+    """The mode ``open()`` gives a new file under this process's umask (0o644 under the usual 022)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _publish(path: Path) -> None:
+    """Give a written file the usual mode and sync it. Some writers (safetensors' ``save_file``)
+    create 0o600 files, which other users of a shared machine could not read."""
+    os.chmod(path, _file_mode())
+    _fsync(path)
 
 
 def _remove(path: Path) -> None:
@@ -49,7 +65,10 @@ def atomic_dir(target: Path, *, overwrite: bool) -> Iterator[Path]:
     try:
         yield tmp
         for child in tmp.iterdir():
-            _fsync(child)
+            if child.is_file():
+                _publish(child)
+            else:
+                _fsync(child)
         _fsync(tmp)
         _swap(tmp, target)
     except BaseException:
@@ -88,7 +107,7 @@ def atomic_file(target: Path, *, overwrite: bool) -> Iterator[Path]:
     tmp = _sibling(target, "tmp")
     try:
         yield tmp
-        _fsync(tmp)
+        _publish(tmp)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from secateur.io._atomic import atomic_file
 
 __all__ = ["plot_acc_vs_macs", "plot_finetune", "plot_gammas", "plot_rate_curves", "plot_widths"]
 
@@ -33,17 +34,8 @@ def _save(fig, path: str | os.PathLike[str]) -> Path:
     target = Path(path)
     if target.suffix.lower() != ".png":
         raise ValueError(f"plot path {str(target)!r} must end in .png")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            fig.savefig(f, format="png")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_file(target, overwrite=True) as tmp:
+        fig.savefig(tmp, format="png")
     return target
 
 
