@@ -56,12 +56,13 @@ def machine() -> dict:
             "torch": torch.__version__, "python": platform.python_version(), "device": "cpu",
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "load_average": [round(v, 2) for v in os.getloadavg()]}
-    for name in ("torchvision", "torch_pruning", "onnxruntime"):
-        if name in sys.modules:  # the installed distribution: torch_pruning 1.6.1 says "1.6.0" itself
-            try:
-                info[name] = importlib.metadata.version(name.replace("_", "-"))
-            except importlib.metadata.PackageNotFoundError:
-                info[name] = getattr(sys.modules[name], "__version__", "?")
+    # the installed distributions, imported or not (rows read from the cache import none of them);
+    # torch_pruning 1.6.1 says "1.6.0" itself
+    for name in ("torchvision", "torch-pruning", "onnxruntime"):
+        try:
+            info[name.replace("-", "_")] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     return info
 
 

@@ -79,6 +79,8 @@ def _run(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     (dict(amount=0.5, min_channels=0), ["min_channels=0"]),
     (dict(amount=0.5, min_channels=2.5), ["min_channels=2.5"]),
     (dict(amount=0.5, round_to=0), ["round_to=0"]),
+    (dict(amount=0.5, max_amount=0), ["max_amount=0", "(0, 1]"]),
+    (dict(amount=0.5, max_amount=1.5), ["max_amount=1.5"]),
     (dict(target_macs=0.5, round_to=-8), ["round_to=-8"]),
 ], ids=lambda v: ",".join(f"{k}={v[k]}" for k in v) or "neither" if isinstance(v, dict) else None)
 def test_bad_arguments_are_one_line_value_errors(resnet, kwargs, culprits) -> None:

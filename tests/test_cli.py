@@ -124,6 +124,7 @@ def test_resume_after_a_kill(tmp_path):
 
 @pytest.mark.parametrize("options,expect", [
     ('criterion = "l1"\namount = 1.5', "amount=1.5"),
+    ('criterion = "l1"\namount = 0.5\nmax_amount = 0', "max_amount=0"),
     ('criterion = "nope"\namount = 0.5', "criterion='nope'"),
     ('criterion = "l1"\nbogus = 1', "unknown key 'bogus'"),
 ])

@@ -138,6 +138,7 @@ def test_ista_removes_zeros_without_changing_the_function():
     (lambda: Slimming(sparsity=-1e-4), r"sparsity=-0.0001 \(lambda\) must be >= 0"),
     (lambda: Slimming(amount=1.0), "amount=1.0"),
     (lambda: Slimming(passes=0), "passes=0"),
+    (lambda: Slimming(max_amount=0), "max_amount=0"),
     (lambda: ISTA(rho=-1), "rho=-1"),
     (lambda: ISTA(alpha=0), "alpha=0"),
     (lambda: ISTA(sparsity_epochs=-2), "sparsity_epochs=-2"),
@@ -183,3 +184,13 @@ def test_slimming_compiled_trains_the_same_gammas(monkeypatch):
     assert len(compiled_calls) == 1               # the sparsity stage (no fine-tune epochs asked)
     assert (eager - 1.0).abs().max() > 1e-2     # gammas start at 1: the sparsity epoch moved them
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_slimming_max_amount_caps_every_layer():
+    """60% of all channels under one threshold, but no layer may lose more than half: 8 -> 4 and 16 -> 8."""
+    train, _ = _loaders()
+    torch.manual_seed(0)
+    cfg = Slimming(sparsity=1e-2, amount=0.6, max_amount=0.5, sparsity_epochs=1, finetune_epochs=0,
+                   optim=Optim(lr=0.05))
+    result = slimming(tiny_net(), train, X, cfg, progress=False)
+    assert [m.out_channels for m in result.model.modules() if isinstance(m, nn.Conv2d)] == [4, 8]

@@ -74,6 +74,13 @@ def test_global_ranking_uses_one_threshold_on_normalised_scores():
     assert _kept(small, "c1") == (s1 > threshold).sum() and _kept(small, "c2") == (s2 > threshold).sum()
 
 
+def test_max_amount_caps_every_group_under_a_global_ranking():
+    small = secateur.prune(_Chain().eval(), X, L1(), amount=0.5, global_ranking=True)
+    assert min(_kept(small, "c1") / 8, _kept(small, "c2") / 16) < 0.75          # uncapped: one layer loses more
+    small = secateur.prune(_Chain().eval(), X, L1(), amount=0.5, global_ranking=True, max_amount=0.25)
+    assert (_kept(small, "c1"), _kept(small, "c2")) == (6, 12)                  # at most a quarter of each
+
+
 def test_min_channels_and_round_to():
     small = secateur.prune(_Chain().eval(), X, L1(), amount=0.9, min_channels=3)
     assert (_kept(small, "c1"), _kept(small, "c2")) == (3, 3)

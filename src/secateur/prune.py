@@ -61,7 +61,8 @@ def plan_per_layer(model: nn.Module, graph: Graph, criterion: Criterion, ratios:
 def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
           amount: float | Mapping[str, float] | None = None,
           target_macs: float | None = None, ignore: Iterable = (), min_channels: int = 1,
-          round_to: int = 1, global_ranking: bool = False, fold: bool = True, data=None) -> nn.Module:
+          round_to: int = 1, global_ranking: bool = False, max_amount: float = 1.0, fold: bool = True,
+          data=None) -> nn.Module:
     """Return a physically smaller copy of ``model``; ``model`` itself is not changed.
 
     amount: fraction of channels to remove from each group (or network-wide with global_ranking), or
@@ -71,6 +72,8 @@ def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
     ignore: modules (objects or names) whose outputs are kept whole; the classifier always is.
     min_channels: never leave a group with fewer channels. round_to: keep a multiple of N channels.
     global_ranking: one threshold across groups on scores normalised by each group's mean.
+    max_amount: the most of any one group that may go (Torch-Pruning's max_pruning_ratio), so a global
+        ranking cannot thin a layer down to a bottleneck.
     fold: fold removed channels that are constant (e.g. BN with gamma = 0) into the next layer's bias.
     data: a calibration loader of (images, labels) for data-driven criteria (APoZ, Taylor, ThiNet,
         LASSO), e.g. ``secateur.data.calibration(dataset, 256)``; weight criteria ignore it.
@@ -83,6 +86,6 @@ def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
                               data=data)
     else:
         target = Target(amount=amount, macs=target_macs, global_ranking=global_ranking,
-                        min_channels=min_channels, round_to=round_to)
+                        min_channels=min_channels, round_to=round_to, max_amount=max_amount)
         plan = plan_pruning(model, graph, criterion, target, data)
     return apply(copy.deepcopy(model), graph, plan, fold=fold)

@@ -127,7 +127,7 @@ def _method(recipe: Recipe, base, x, train, test, calib, ck: Path, how: dict) ->
     amount = _ratios(recipe, o["ratios"]) if o["ratios"] else o["amount"]
     small = prune(base, x, CRITERIA[o["criterion"]](), amount=amount, target_macs=o["macs"],
                   global_ranking=o["global_ranking"], round_to=o["round_to"], min_channels=o["min_channels"],
-                  ignore=ignore, data=calib)
+                  max_amount=o["max_amount"], ignore=ignore, data=calib)
     result = Result(small, [record("baseline", base, x, test), record("pruned", small, x, test)])
     if recipe.finetune_epochs:
         result.history = fit(small, train, epochs=recipe.finetune_epochs, optim=recipe.finetune, eval_loader=test,

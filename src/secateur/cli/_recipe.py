@@ -37,7 +37,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple, Any]]] = {
 }
 METHODS: dict[str, dict[str, tuple[type | tuple, Any]]] = {
     "slimming": {"sparsity": (_ANY_NUMBER, 1e-4), "amount": (_ANY_NUMBER, 0.7), "sparsity_epochs": (int, 3),
-                 "passes": (int, 1), "lr": (_ANY_NUMBER, 0.05)},
+                 "passes": (int, 1), "lr": (_ANY_NUMBER, 0.05), "max_amount": (_ANY_NUMBER, 1.0)},
     "ista": {"rho": (_ANY_NUMBER, 1e-3), "alpha": (_ANY_NUMBER, 1.0), "cost_weighted": (bool, False),
              "sparsity_epochs": (int, 3), "lr": (_ANY_NUMBER, 0.05)},
     "thinet": {"amount": (_ANY_NUMBER, None), "macs": (_ANY_NUMBER, None), "max_layers": (int, None), "skip": (list, []),
@@ -47,7 +47,7 @@ METHODS: dict[str, dict[str, tuple[type | tuple, Any]]] = {
                         "layer_epochs": (int, 0), "samples": (int, None)},
     "prune": {"criterion": (str, "l1"), "amount": (_ANY_NUMBER, None), "macs": (_ANY_NUMBER, None),
               "global_ranking": (bool, False), "round_to": (int, 1), "min_channels": (int, 1),
-              "inner_only": (bool, False), "ratios": (str, None)},
+              "inner_only": (bool, False), "ratios": (str, None), "max_amount": (_ANY_NUMBER, 1.0)},
     "han": {"qualities": (list, [1.0, 1.5, 2.0, 2.2]), "epochs": (int, 1), "values": (str, "fp16")},
 }
 CRITERIA = ("random", "l1", "l2", "bnscale", "apoz", "taylor", "taylor2019", "thinet", "lasso")
@@ -147,8 +147,8 @@ def _optim(where: str, name: str, s: dict) -> Optim:
 def _config(name: str, o: dict, ft_epochs: int, ft: Optim):
     if name == "slimming":
         return Slimming(sparsity=o["sparsity"], amount=o["amount"], sparsity_epochs=o["sparsity_epochs"],
-                        finetune_epochs=ft_epochs, passes=o["passes"], optim=Optim(lr=o["lr"], weight_decay=1e-4),
-                        finetune_optim=ft)
+                        finetune_epochs=ft_epochs, passes=o["passes"], max_amount=o["max_amount"],
+                        optim=Optim(lr=o["lr"], weight_decay=1e-4), finetune_optim=ft)
     if name == "ista":
         return ISTA(rho=o["rho"], alpha=o["alpha"], cost_weighted=o["cost_weighted"],
                     sparsity_epochs=o["sparsity_epochs"], finetune_epochs=ft_epochs,
@@ -170,5 +170,5 @@ def _config(name: str, o: dict, ft_epochs: int, ft: Optim):
             raise ValueError("ratios= (per-layer amounts) replaces amount=, macs= and global_ranking=")
         return None
     Target(amount=o["amount"], macs=o["macs"], global_ranking=o["global_ranking"], min_channels=o["min_channels"],
-           round_to=o["round_to"])
+           round_to=o["round_to"], max_amount=o["max_amount"])
     return None

@@ -50,7 +50,8 @@ class SparsityL1(Callback):
 class Slimming:
     """sparsity: lambda (paper: 1e-4 for VGG, 1e-5 for ResNet/DenseNet). amount: fraction of the
     channels removed in each pass, below one network-wide threshold on |gamma|. passes > 1 repeats
-    sparsity training, pruning and fine-tuning on the result (multi-pass)."""
+    sparsity training, pruning and fine-tuning on the result (multi-pass). max_amount: the most of
+    one layer's channels the global threshold may take (1 = the paper's: no cap)."""
 
     sparsity: float = 1e-4
     amount: float = 0.7
@@ -58,15 +59,21 @@ class Slimming:
     finetune_epochs: int = 10
     passes: int = 1
     min_channels: int = 1
+    max_amount: float = 1.0
     optim: Optim = field(default_factory=Optim)
     finetune_optim: Optim | None = None
 
     def __post_init__(self):
         SparsityL1(self.sparsity)
-        Target(amount=self.amount, global_ranking=True, min_channels=self.min_channels)
+        self.target()
         check_epochs(sparsity_epochs=self.sparsity_epochs, finetune_epochs=self.finetune_epochs)
         if not (isinstance(self.passes, int) and self.passes >= 1):
             raise ValueError(f"passes={self.passes!r} must be an integer >= 1")
+
+    def target(self) -> Target:
+        """The plan's target: one raw |gamma| threshold over the whole network."""
+        return Target(amount=self.amount, global_ranking=True, normalize=False, min_channels=self.min_channels,
+                      max_amount=self.max_amount)
 
 
 def slimming(model: nn.Module, train_loader, example_inputs, config: Slimming = Slimming(), *,
@@ -84,7 +91,7 @@ def slimming(model: nn.Module, train_loader, example_inputs, config: Slimming = 
     ft = config.finetune_optim or config.optim
     stages = Stages(checkpoint, resume, progress, seed, compile)
     result = Result(model, [record("baseline", model, example_inputs, eval_loader)])
-    target = Target(amount=config.amount, global_ranking=True, normalize=False, min_channels=config.min_channels)
+    target = config.target()
     for p in range(config.passes):
         stages.fit(model, train_loader, f"pass{p}-sparsity", epochs=config.sparsity_epochs, optim=config.optim,
                    callbacks=[SparsityL1(config.sparsity)], eval_loader=eval_loader)

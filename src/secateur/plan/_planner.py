@@ -24,6 +24,8 @@ class Target:
 
     normalize: compare scores across groups (global ranking, threshold) after dividing each group's
     scores by their mean (the default), or raw (Network Slimming's one threshold on |gamma|).
+    max_amount: the most of any one group's channels that may go (Torch-Pruning's max_pruning_ratio);
+    a global ranking or threshold then cannot empty a layer down to ``min_channels``.
     """
 
     amount: float | None = None
@@ -33,6 +35,7 @@ class Target:
     normalize: bool = True
     min_channels: int = 1
     round_to: int = 1
+    max_amount: float = 1.0
 
     def __post_init__(self):
         if sum(v is not None for v in (self.amount, self.macs, self.threshold)) != 1:
@@ -46,6 +49,8 @@ class Target:
             raise ValueError(f"target_macs={self.macs!r} must be in (0, 1]: the fraction of MACs to keep")
         if not (isinstance(self.min_channels, int) and self.min_channels >= 1):
             raise ValueError(f"min_channels={self.min_channels!r} must be an integer >= 1")
+        if not (isinstance(self.max_amount, (int, float)) and 0 < self.max_amount <= 1):
+            raise ValueError(f"max_amount={self.max_amount!r} must be in (0, 1]: the most of a group that may go")
         if not (isinstance(self.round_to, int) and self.round_to >= 1):
             raise ValueError(f"round_to={self.round_to!r} must be an integer >= 1")
 
@@ -66,7 +71,8 @@ class _Groups:
             self.order[g] = np.argsort(s, kind="stable")
             mean = s.mean()
             self.keys[g] = (s / mean if t.normalize and mean > 0 else s)[self.order[g]]
-            keep_min = max(1, math.ceil(t.min_channels / group.width))
+            keep_min = max(1, math.ceil(t.min_channels / group.width),
+                           group.size - math.floor(t.max_amount * group.size + 1e-9))
             self.step[g] = t.round_to // math.gcd(t.round_to, group.width)
             keep_min = math.ceil(keep_min / self.step[g]) * self.step[g]
             self.cap[g] = max(0, group.size - keep_min)
