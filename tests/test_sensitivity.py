@@ -51,3 +51,5 @@ def test_prune_takes_per_layer_amounts():
         secateur.prune(model, X, L1(), amount={"features.99": 0.5})
     with pytest.raises(ValueError, match="per-layer"):
         secateur.prune(model, X, L1(), amount={"features.0": 0.5}, target_macs=0.5)
+    with pytest.raises(ValueError, match="max_amount="):
+        secateur.prune(model, X, L1(), amount={"features.0": 0.5}, max_amount=0.5)

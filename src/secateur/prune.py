@@ -80,8 +80,8 @@ def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
     """
     graph = trace(model, example_inputs, ignore=ignore)
     if isinstance(amount, Mapping):
-        if target_macs is not None or global_ranking:
-            raise ValueError("per-layer amounts cannot be combined with target_macs= or global_ranking=")
+        if target_macs is not None or global_ranking or max_amount != 1.0:
+            raise ValueError("per-layer amounts cannot be combined with target_macs=, global_ranking= or max_amount=")
         plan = plan_per_layer(model, graph, criterion, amount, min_channels=min_channels, round_to=round_to,
                               data=data)
     else:

@@ -166,8 +166,8 @@ def _config(name: str, o: dict, ft_epochs: int, ft: Optim):
     if o["criterion"] not in CRITERIA:
         raise ValueError(f"criterion={o['criterion']!r}; allowed: {', '.join(CRITERIA)}")
     if o["ratios"] is not None:
-        if o["amount"] is not None or o["macs"] is not None or o["global_ranking"]:
-            raise ValueError("ratios= (per-layer amounts) replaces amount=, macs= and global_ranking=")
+        if o["amount"] is not None or o["macs"] is not None or o["global_ranking"] or o["max_amount"] != 1.0:
+            raise ValueError("ratios= (per-layer amounts) replaces amount=, macs=, global_ranking= and max_amount=")
         return None
     Target(amount=o["amount"], macs=o["macs"], global_ranking=o["global_ranking"], min_channels=o["min_channels"],
            round_to=o["round_to"], max_amount=o["max_amount"])
