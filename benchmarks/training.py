@@ -40,6 +40,10 @@ X = torch.zeros(1, 1, 28, 28)
 # Slimming runs with the paper's lambdas as they are. Its sparsity training is 160 epochs on CIFAR;
 # ours is far shorter, so at --quick budgets the gammas barely move (the histograms say so).
 ISTA_SHRINK = 1.0   # ISTA: rho is set so that sum(lr) * rho, the most a gamma can shrink, is this
+# The paper's global |gamma| threshold leaves single-channel layers here (VGG-8 at 70%: three convs of 1),
+# so each Slimming row also runs capped: the same sparse model, at most this much of any one layer
+# removed (max_amount; Torch-Pruning's max_pruning_ratio), as in the shipped recipes.
+CAP = {"vgg8": 0.9, "resnet56": 0.7}
 BUDGETS = {  # epochs
     "quick": dict(subset=6000, base=3, sparsity=2, finetune=1, han=(1.0, 1.5, 2.0, 2.2), han_epochs=1,
                   compile=False),
@@ -143,13 +147,13 @@ def main(argv: list[str]) -> None:
         rows.append(method_row(name, "secateur", f"slimming λ={lam:g}", base, acc_base, res.last("pruned"),
                                res.last("finetuned"), res.model, B["finetune"], target={"amount": 0.7},
                                acc_sparse=res.last("sparse")["acc"], sparsity_epochs=B["sparsity"]))
-    sparse = secateur.models.create_model(name, in_channels=1)
-    sparse.load_state_dict(secateur.io.load_state_dict_file(ck / "slim-0.0001" / "pass0-sparsity" / "model.safetensors"))
-    rows.append(anchor(name, base, sparse, acc_base, train, test, sgd, B, ck))
+        rows.append(capped(name, ck / f"slim-{lam:g}", f"slimming λ={lam:g}", 0.7, base, acc_base, train, test, sgd, B))
+    sparse = sparse_model(name, ck / "slim-0.0001")
+    rows += [anchor(name, base, sparse, acc_base, train, test, sgd, B, ck, cap) for cap in (1.0, CAP[name])]
     rows += ista_vs_slimming(name, base, sparse, acc_base, train, test, sparse_sgd, sgd, ISTA_SHRINK / sum_lr, B, ck)
     rows.append(han(name, base, acc_base, train, test, B, ck))
-    row, hist["ResNet-56, λ = 1e-05"] = slimming_resnet(train, test, mode, sparse_sgd, sgd, B, ck)
-    rows.append(row)
+    rows_r, hist["ResNet-56, λ = 1e-05"] = slimming_resnet(train, test, mode, sparse_sgd, sgd, B, ck)
+    rows += rows_r
     plot_gammas(hist, _common.RESULTS / f"training{'_quick' if args.quick else ''}_gammas.png")
     out = _common.write_results("training_quick" if args.quick else "training", rows, argv)
     _common.print_table(rows, [("method", "method"), ("tool", "tool"), ("MACs", "macs_ratio"),
@@ -159,34 +163,64 @@ def main(argv: list[str]) -> None:
                         title=f"training ({mode}); written to {out}")
 
 
-def slimming_resnet(train, test, mode, sparse_sgd, sgd, B, ck) -> tuple[dict, list[float]]:
-    """The paper's ResNet setting: lambda 1e-5, 40% of the channels (residual stages coupled); the row
-    and the |gamma| after sparsity training."""
+def slimming_resnet(train, test, mode, sparse_sgd, sgd, B, ck) -> tuple[list[dict], list[float]]:
+    """The paper's ResNet setting: lambda 1e-5, 40% of the channels (residual stages coupled); the rows
+    (uncapped and capped) and the |gamma| after sparsity training."""
     base = baseline("resnet56", mode, train, test, B["base"])
     acc_base = evaluate(base, test)["acc"]
     cfg = Slimming(sparsity=1e-5, amount=0.4, sparsity_epochs=B["sparsity"], finetune_epochs=B["finetune"],
                    optim=sparse_sgd, finetune_optim=sgd)
     res = slimming(base, train, X, cfg, eval_loader=test, checkpoint=ck / "slim-resnet56", resume=True,
                    compile=B["compile"])
-    return method_row("resnet56", "secateur", "slimming λ=1e-5", base, acc_base, res.last("pruned"),
-                      res.last("finetuned"), res.model, B["finetune"], target={"amount": 0.4},
-                      acc_sparse=res.last("sparse")["acc"], sparsity_epochs=B["sparsity"]), res.last("sparse")["gammas"]
+    row = method_row("resnet56", "secateur", "slimming λ=1e-5", base, acc_base, res.last("pruned"),
+                     res.last("finetuned"), res.model, B["finetune"], target={"amount": 0.4},
+                     acc_sparse=res.last("sparse")["acc"], sparsity_epochs=B["sparsity"])
+    cap = capped("resnet56", ck / "slim-resnet56", "slimming λ=1e-5", 0.4, base, acc_base, train, test, sgd, B)
+    return [row, cap], res.last("sparse")["gammas"]
 
 
-def anchor(name, base, sparse, acc_base, train, test, sgd, B, ck) -> dict:
-    """Torch-Pruning's BNScalePruner (same L1 regulariser as ours) on our λ=1e-4 sparse model."""
+def sparse_model(name: str, run: Path) -> torch.nn.Module:
+    """The model after a Slimming run's sparsity stage (its checkpoint)."""
+    model = secateur.models.create_model(name, in_channels=1)
+    model.load_state_dict(secateur.io.load_state_dict_file(run / "pass0-sparsity" / "model.safetensors"))
+    return model
+
+
+def finetuned_row(name, method, sparse, by: Target, base, acc_base, train, test, sgd, B, run: Path, **extra) -> dict:
+    """Prune ``sparse`` by |gamma| for ``by``, fine-tune on the shared budget (checkpointed in ``run``)."""
+    small = prune_by(sparse, X, by)
+    pruned = {"acc": evaluate(small, test)["acc"]}
+    fit(small, train, epochs=B["finetune"], optim=sgd, eval_loader=test, checkpoint=run, resume=True,
+        compile=B["compile"])
+    return method_row(name, "secateur", method, base, acc_base, pruned, record("finetuned", small, X, test), small,
+                      B["finetune"], **extra)
+
+
+def capped(name, run: Path, method, amount, base, acc_base, train, test, sgd, B) -> dict:
+    """The Slimming row again from the same sparse model, with at most CAP[name] of any one layer removed."""
+    target = Target(amount=amount, global_ranking=True, normalize=False, max_amount=CAP[name])
+    return finetuned_row(name, f"{method}, max_amount={CAP[name]:g}", sparse_model(name, run), target, base,
+                         acc_base, train, test, sgd, B, run / f"finetune-cap{CAP[name]:g}",
+                         target={"amount": amount, "max_amount": CAP[name]})
+
+
+def anchor(name, base, sparse, acc_base, train, test, sgd, B, ck, cap: float = 1.0) -> dict:
+    """Torch-Pruning's BNScalePruner (same L1 regulariser as ours) on our λ=1e-4 sparse model; ``cap`` is
+    its max_pruning_ratio (1 = none)."""
     import torch_pruning as tp
     model = copy.deepcopy(sparse)
     try:
         pruner = tp.pruner.BNScalePruner(model, X, importance=tp.importance.BNScaleImportance(), reg=1e-4,
-                                         global_pruning=True, pruning_ratio=0.7, ignored_layers=[model.classifier])
+                                         global_pruning=True, pruning_ratio=0.7, max_pruning_ratio=cap,
+                                         ignored_layers=[model.classifier])
         pruner.step()
         pruned = {"acc": evaluate(model, test)["acc"]}
-        fit(model, train, epochs=B["finetune"], optim=sgd, eval_loader=test, checkpoint=ck / "tp-finetune-run",
+        fit(model, train, epochs=B["finetune"], optim=sgd, eval_loader=test, checkpoint=ck / ("tp-finetune-run" if cap == 1 else f"tp-finetune-cap{cap:g}"),
             resume=True, compile=B["compile"])
         final = record("finetuned", model, X, test)
-        return method_row(name, "torch-pruning", "slimming λ=0.0001", base, acc_base, pruned, final, model,
-                          B["finetune"], target={"amount": 0.7})
+        method = "slimming λ=0.0001" + ("" if cap == 1 else f", max_amount={cap:g}")
+        return method_row(name, "torch-pruning", method, base, acc_base, pruned, final, model, B["finetune"],
+                          target={"amount": 0.7, "max_amount": cap})
     except Exception as e:  # a failing anchor is a row, not a crash
         return _common.row(model=name, tool="torch-pruning", method="slimming λ=0.0001", ok=False,
                            error=_common.error_line(e))
@@ -201,15 +235,12 @@ def ista_vs_slimming(name, base, sparse, acc_base, train, test, sparse_sgd, sgd,
                        res.model, B["finetune"], target={"threshold": 0.0}, zero_gammas=s["zero_gammas"],
                        total_gammas=s["total_gammas"], max_rel_diff=res.last("pruned")["max_rel_diff"], acc_sparse=s["acc"])]
     macs = res.last("pruned")["macs"] / res.last("baseline")["macs"]
+    zeros = sum(int((m.weight == 0).sum()) for m in sparse.modules() if isinstance(m, torch.nn.BatchNorm2d))
     try:
-        small = prune_by(sparse, X, Target(macs=max(macs, 0.01), global_ranking=True, normalize=False))
-        pruned = {"acc": evaluate(small, test)["acc"]}
-        fit(small, train, epochs=B["finetune"], optim=sgd, eval_loader=test, checkpoint=ck / "slim-at-ista-macs",
-            resume=True, compile=B["compile"])
-        final = record("finetuned", small, X, test)
-        zeros = sum(int((m.weight == 0).sum()) for m in sparse.modules() if isinstance(m, torch.nn.BatchNorm2d))
-        rows.append(method_row(name, "secateur", "slimming λ=1e-4 @ ISTA's MACs", base, acc_base, pruned, final,
-                               small, B["finetune"], target={"macs": macs}, zero_gammas=zeros))
+        rows.append(finetuned_row(name, "slimming λ=1e-4 @ ISTA's MACs", sparse,
+                                  Target(macs=max(macs, 0.01), global_ranking=True, normalize=False), base, acc_base,
+                                  train, test, sgd, B, ck / "slim-at-ista-macs", target={"macs": macs},
+                                  zero_gammas=zeros))
     except secateur.TargetError as e:
         rows.append(_common.row(model=name, tool="secateur", method="slimming @ ISTA's MACs", ok=False,
                                 error=_common.error_line(e)))
