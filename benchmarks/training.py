@@ -202,7 +202,7 @@ def finetuned_row(name, method, sparse, by: Target, base, acc_base, train, test,
 
 def capped(name, run: Path, method, amount, base, acc_base, train, test, sgd, B) -> dict:
     """The Slimming row again from the same sparse model, with at most CAP[name] of any one layer removed."""
-    target = Target(amount=amount, global_ranking=True, normalize=False, max_amount=CAP[name])
+    target = Slimming(amount=amount, max_amount=CAP[name]).target()
     return finetuned_row(name, f"{method}, max_amount={CAP[name]:g}", sparse_model(name, run), target, base,
                          acc_base, train, test, sgd, B, run / f"finetune-cap{CAP[name]:g}",
                          target={"amount": amount, "max_amount": CAP[name]})
@@ -213,20 +213,21 @@ def anchor(name, base, sparse, acc_base, train, test, sgd, B, ck, cap: float = 1
     its max_pruning_ratio (1 = none)."""
     import torch_pruning as tp
     model = copy.deepcopy(sparse)
+    method = "slimming λ=0.0001" + ("" if cap == 1 else f", max_amount={cap:g}")
+    run = ck / ("tp-finetune-run" if cap == 1 else f"tp-finetune-cap{cap:g}")
     try:
         pruner = tp.pruner.BNScalePruner(model, X, importance=tp.importance.BNScaleImportance(), reg=1e-4,
                                          global_pruning=True, pruning_ratio=0.7, max_pruning_ratio=cap,
                                          ignored_layers=[model.classifier])
         pruner.step()
         pruned = {"acc": evaluate(model, test)["acc"]}
-        fit(model, train, epochs=B["finetune"], optim=sgd, eval_loader=test, checkpoint=ck / ("tp-finetune-run" if cap == 1 else f"tp-finetune-cap{cap:g}"),
-            resume=True, compile=B["compile"])
+        fit(model, train, epochs=B["finetune"], optim=sgd, eval_loader=test, checkpoint=run, resume=True,
+            compile=B["compile"])
         final = record("finetuned", model, X, test)
-        method = "slimming λ=0.0001" + ("" if cap == 1 else f", max_amount={cap:g}")
         return method_row(name, "torch-pruning", method, base, acc_base, pruned, final, model, B["finetune"],
                           target={"amount": 0.7, "max_amount": cap})
     except Exception as e:  # a failing anchor is a row, not a crash
-        return _common.row(model=name, tool="torch-pruning", method="slimming λ=0.0001", ok=False,
+        return _common.row(model=name, tool="torch-pruning", method=method, ok=False,
                            error=_common.error_line(e))
 
 
