@@ -39,7 +39,7 @@ BASELINES = HERE / "baselines"
 X = torch.zeros(1, 1, 28, 28)
 # Slimming runs with the paper's lambdas as they are. Its sparsity training is 160 epochs on CIFAR;
 # ours is far shorter, so the gammas barely move (the histograms say so). The L1 subgradient shrinks a
-# gamma by lambda * lr per step: the paper's VGG schedule (batch 64 on 50k images: 782 steps per epoch;
+# gamma by lambda * lr per step (over 1 - momentum, alike in both): the paper's VGG schedule (batch 64 on 50k images: 782 steps per epoch;
 # lr 0.1 for 80 epochs, 0.01 for 40, 0.001 for 40) sums lr to 6,600, ours to about 1/50 of that. One
 # more VGG row scales 1e-4 by that ratio, so that its total shrink matches the paper's.
 PAPER_SUM_LR = 782 * (80 * 0.1 + 40 * 0.01 + 40 * 0.001)
