@@ -3,6 +3,7 @@ and the speed of ``fit``; Torch-Pruning 1.6.1's BNScalePruner side by side on th
 
     python benchmarks/training.py --quick     # 6,000 training images, short budgets (about 30 min)
     python benchmarks/training.py             # all 60,000, the budgets below (hours on 2 CPU cores)
+    python benchmarks/training.py --only vgg8 # one model's rows (vgg8: Slimming, ISTA, Han; resnet56: Slimming)
     python benchmarks/training.py --baselines # only the baselines (committed under baselines/), compiled
 
 Every row starts from the same baseline checkpoint and gets the same fine-tune budget; accuracy is on
@@ -48,6 +49,9 @@ ISTA_SHRINK = 1.0   # ISTA: rho is set so that sum(lr) * rho, the most a gamma c
 # so each Slimming row also runs capped: the same sparse model, at most this much of any one layer
 # removed (max_amount; Torch-Pruning's max_pruning_ratio), as in the shipped recipes.
 CAP = {"vgg8": 0.9, "resnet56": 0.7}
+MODELS = tuple(CAP)
+SGD = Optim(lr=0.01, weight_decay=1e-4)          # every fine-tune
+SPARSE_SGD = Optim(lr=0.05, weight_decay=1e-4)   # every sparsity stage
 BUDGETS = {  # epochs
     "quick": dict(subset=6000, base=3, sparsity=2, finetune=1, han=(1.0, 1.5, 2.0, 2.2), han_epochs=1,
                   compile=False),
@@ -123,6 +127,7 @@ def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--baselines", action="store_true", help="only train (or load) the baselines and stop")
+    ap.add_argument("--only", choices=MODELS, help="run one model's rows (default: both)")
     args = ap.parse_args(argv[1:])
     _common.setup()
     mode = "quick" if args.quick else "full"
@@ -130,34 +135,16 @@ def main(argv: list[str]) -> None:
     ck = CACHE / mode
     train, test = loaders(B["subset"])
     if args.baselines:
-        for name in ("vgg8", "resnet56"):
+        for name in MODELS:
             print(f"baseline {name}: test acc {evaluate(baseline(name, mode, train, test, B['base']), test)['acc']:.4f}")
         return
     rows = speed(train)
-    name = "vgg8"
-    base = baseline(name, mode, train, test, B["base"])
-    acc_base = evaluate(base, test)["acc"]
-    print(f"baseline {name}: test acc {acc_base:.4f}")
-    sgd = Optim(lr=0.01, weight_decay=1e-4)
-    sparse_sgd = Optim(lr=0.05, weight_decay=1e-4)
-    sum_lr = sum(sparse_sgd.lr_at(e, B["sparsity"]) for e in range(B["sparsity"])) * len(train)
     hist = {}
-    for lam in (0.0, 1e-5, 1e-4, float(f"{1e-4 * PAPER_SUM_LR / sum_lr:.2g}")):
-        cfg = Slimming(sparsity=lam, amount=0.7, sparsity_epochs=B["sparsity"],
-                       finetune_epochs=B["finetune"], optim=sparse_sgd, finetune_optim=sgd)
-        res = slimming(base, train, X, cfg, eval_loader=test, checkpoint=ck / f"slim-{lam:g}", resume=True,
-                       compile=B["compile"])
-        hist[f"VGG-8, λ = {lam:g}"] = res.last("sparse")["gammas"]
-        rows.append(method_row(name, "secateur", f"slimming λ={lam:g}", base, acc_base, res.last("pruned"),
-                               res.last("finetuned"), res.model, B["finetune"], target={"amount": 0.7},
-                               acc_sparse=res.last("sparse")["acc"], sparsity_epochs=B["sparsity"]))
-        rows.append(capped(name, ck / f"slim-{lam:g}", f"slimming λ={lam:g}", 0.7, base, acc_base, train, test, sgd, B))
-    sparse = sparse_model(name, ck / "slim-0.0001")
-    rows += [anchor(name, base, sparse, acc_base, train, test, sgd, B, ck, cap) for cap in (1.0, CAP[name])]
-    rows += ista_vs_slimming(name, base, sparse, acc_base, train, test, sparse_sgd, sgd, ISTA_SHRINK / sum_lr, B, ck)
-    rows.append(han(name, base, acc_base, train, test, B, ck))
-    rows_r, hist["ResNet-56, λ = 1e-05"] = slimming_resnet(train, test, mode, sparse_sgd, sgd, B, ck)
-    rows += rows_r
+    if args.only in (None, "vgg8"):
+        rows += vgg_rows(train, test, mode, B, ck, hist)
+    if args.only in (None, "resnet56"):
+        rows_r, hist["ResNet-56, λ = 1e-05"] = slimming_resnet(train, test, mode, B, ck)
+        rows += rows_r
     plot_gammas(hist, _common.RESULTS / f"training{'_quick' if args.quick else ''}_gammas.png")
     out = _common.write_results("training_quick" if args.quick else "training", rows, argv)
     _common.print_table(rows, [("method", "method"), ("tool", "tool"), ("MACs", "macs_ratio"),
@@ -167,19 +154,44 @@ def main(argv: list[str]) -> None:
                         title=f"training ({mode}); written to {out}")
 
 
-def slimming_resnet(train, test, mode, sparse_sgd, sgd, B, ck) -> tuple[list[dict], list[float]]:
+def vgg_rows(train, test, mode, B, ck, hist: dict[str, list[float]]) -> list[dict]:
+    """Slimming at four lambdas (uncapped and capped), the Torch-Pruning anchor, ISTA vs Slimming at equal
+    MACs and Han on VGG-8; the |gamma| after each Slimming sparsity stage go into ``hist``."""
+    name, rows = "vgg8", []
+    base = baseline(name, mode, train, test, B["base"])
+    acc_base = evaluate(base, test)["acc"]
+    print(f"baseline {name}: test acc {acc_base:.4f}")
+    sum_lr = sum(SPARSE_SGD.lr_at(e, B["sparsity"]) for e in range(B["sparsity"])) * len(train)
+    for lam in (0.0, 1e-5, 1e-4, float(f"{1e-4 * PAPER_SUM_LR / sum_lr:.2g}")):
+        cfg = Slimming(sparsity=lam, amount=0.7, sparsity_epochs=B["sparsity"],
+                       finetune_epochs=B["finetune"], optim=SPARSE_SGD, finetune_optim=SGD)
+        res = slimming(base, train, X, cfg, eval_loader=test, checkpoint=ck / f"slim-{lam:g}", resume=True,
+                       compile=B["compile"])
+        hist[f"VGG-8, λ = {lam:g}"] = res.last("sparse")["gammas"]
+        rows.append(method_row(name, "secateur", f"slimming λ={lam:g}", base, acc_base, res.last("pruned"),
+                               res.last("finetuned"), res.model, B["finetune"], target={"amount": 0.7},
+                               acc_sparse=res.last("sparse")["acc"], sparsity_epochs=B["sparsity"]))
+        rows.append(capped(name, ck / f"slim-{lam:g}", f"slimming λ={lam:g}", 0.7, base, acc_base, train, test, B))
+    sparse = sparse_model(name, ck / "slim-0.0001")
+    rows += [anchor(name, base, sparse, acc_base, train, test, B, ck, cap) for cap in (1.0, CAP[name])]
+    rows += ista_vs_slimming(name, base, sparse, acc_base, train, test, ISTA_SHRINK / sum_lr, B, ck)
+    rows.append(han(name, base, acc_base, train, test, B, ck))
+    return rows
+
+
+def slimming_resnet(train, test, mode, B, ck) -> tuple[list[dict], list[float]]:
     """The paper's ResNet setting: lambda 1e-5, 40% of the channels (residual stages coupled); the rows
     (uncapped and capped) and the |gamma| after sparsity training."""
     base = baseline("resnet56", mode, train, test, B["base"])
     acc_base = evaluate(base, test)["acc"]
     cfg = Slimming(sparsity=1e-5, amount=0.4, sparsity_epochs=B["sparsity"], finetune_epochs=B["finetune"],
-                   optim=sparse_sgd, finetune_optim=sgd)
+                   optim=SPARSE_SGD, finetune_optim=SGD)
     res = slimming(base, train, X, cfg, eval_loader=test, checkpoint=ck / "slim-resnet56", resume=True,
                    compile=B["compile"])
     row = method_row("resnet56", "secateur", "slimming λ=1e-5", base, acc_base, res.last("pruned"),
                      res.last("finetuned"), res.model, B["finetune"], target={"amount": 0.4},
                      acc_sparse=res.last("sparse")["acc"], sparsity_epochs=B["sparsity"])
-    cap = capped("resnet56", ck / "slim-resnet56", "slimming λ=1e-5", 0.4, base, acc_base, train, test, sgd, B)
+    cap = capped("resnet56", ck / "slim-resnet56", "slimming λ=1e-5", 0.4, base, acc_base, train, test, B)
     return [row, cap], res.last("sparse")["gammas"]
 
 
@@ -190,25 +202,25 @@ def sparse_model(name: str, run: Path) -> torch.nn.Module:
     return model
 
 
-def finetuned_row(name, method, sparse, by: Target, base, acc_base, train, test, sgd, B, run: Path, **extra) -> dict:
+def finetuned_row(name, method, sparse, by: Target, base, acc_base, train, test, B, run: Path, **extra) -> dict:
     """Prune ``sparse`` by |gamma| for ``by``, fine-tune on the shared budget (checkpointed in ``run``)."""
     small = prune_by(sparse, X, by)
     pruned = {"acc": evaluate(small, test)["acc"]}
-    fit(small, train, epochs=B["finetune"], optim=sgd, eval_loader=test, checkpoint=run, resume=True,
+    fit(small, train, epochs=B["finetune"], optim=SGD, eval_loader=test, checkpoint=run, resume=True,
         compile=B["compile"])
     return method_row(name, "secateur", method, base, acc_base, pruned, record("finetuned", small, X, test), small,
                       B["finetune"], **extra)
 
 
-def capped(name, run: Path, method, amount, base, acc_base, train, test, sgd, B) -> dict:
+def capped(name, run: Path, method, amount, base, acc_base, train, test, B) -> dict:
     """The Slimming row again from the same sparse model, with at most CAP[name] of any one layer removed."""
     target = Slimming(amount=amount, max_amount=CAP[name]).target()
     return finetuned_row(name, f"{method}, max_amount={CAP[name]:g}", sparse_model(name, run), target, base,
-                         acc_base, train, test, sgd, B, run / f"finetune-cap{CAP[name]:g}",
+                         acc_base, train, test, B, run / f"finetune-cap{CAP[name]:g}",
                          target={"amount": amount, "max_amount": CAP[name]})
 
 
-def anchor(name, base, sparse, acc_base, train, test, sgd, B, ck, cap: float = 1.0) -> dict:
+def anchor(name, base, sparse, acc_base, train, test, B, ck, cap: float = 1.0) -> dict:
     """Torch-Pruning's BNScalePruner (same L1 regulariser as ours) on our λ=1e-4 sparse model; ``cap`` is
     its max_pruning_ratio (1 = none)."""
     import torch_pruning as tp
@@ -221,7 +233,7 @@ def anchor(name, base, sparse, acc_base, train, test, sgd, B, ck, cap: float = 1
                                          ignored_layers=[model.classifier])
         pruner.step()
         pruned = {"acc": evaluate(model, test)["acc"]}
-        fit(model, train, epochs=B["finetune"], optim=sgd, eval_loader=test, checkpoint=run, resume=True,
+        fit(model, train, epochs=B["finetune"], optim=SGD, eval_loader=test, checkpoint=run, resume=True,
             compile=B["compile"])
         final = record("finetuned", model, X, test)
         return method_row(name, "torch-pruning", method, base, acc_base, pruned, final, model, B["finetune"],
@@ -231,9 +243,9 @@ def anchor(name, base, sparse, acc_base, train, test, sgd, B, ck, cap: float = 1
                            error=_common.error_line(e))
 
 
-def ista_vs_slimming(name, base, sparse, acc_base, train, test, sparse_sgd, sgd, rho, B, ck) -> list[dict]:
-    cfg = ISTA(rho=rho, sparsity_epochs=B["sparsity"], finetune_epochs=B["finetune"], optim=sparse_sgd,
-               finetune_optim=sgd)
+def ista_vs_slimming(name, base, sparse, acc_base, train, test, rho, B, ck) -> list[dict]:
+    cfg = ISTA(rho=rho, sparsity_epochs=B["sparsity"], finetune_epochs=B["finetune"], optim=SPARSE_SGD,
+               finetune_optim=SGD)
     res = ista(base, train, X, cfg, eval_loader=test, checkpoint=ck / "ista", resume=True, compile=B["compile"])
     s = res.last("sparse")
     rows = [method_row(name, "secateur", f"ista ρ={rho:.3g}", base, acc_base, res.last("pruned"), res.last("finetuned"),
@@ -244,7 +256,7 @@ def ista_vs_slimming(name, base, sparse, acc_base, train, test, sparse_sgd, sgd,
     try:
         rows.append(finetuned_row(name, "slimming λ=1e-4 @ ISTA's MACs", sparse,
                                   Target(macs=max(macs, 0.01), global_ranking=True, normalize=False), base, acc_base,
-                                  train, test, sgd, B, ck / "slim-at-ista-macs", target={"macs": macs},
+                                  train, test, B, ck / "slim-at-ista-macs", target={"macs": macs},
                                   zero_gammas=zeros))
     except secateur.TargetError as e:
         rows.append(_common.row(model=name, tool="secateur", method="slimming @ ISTA's MACs", ok=False,
@@ -269,12 +281,12 @@ def plot_gammas(hist: dict[str, list[float]], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(hist), figsize=(4 * len(hist), 3))
-    for ax, (title, g) in zip(axes, hist.items()):
+    fig, axes = plt.subplots(1, len(hist), figsize=(4 * len(hist), 3), squeeze=False)
+    for ax, (title, g) in zip(axes[0], hist.items()):
         ax.hist(g, bins=50, color="tab:blue")
         ax.set_title(title)
         ax.set_xlabel("|γ| after sparsity training")
-    axes[0].set_ylabel("BN channels")
+    axes[0][0].set_ylabel("BN channels")
     fig.suptitle("Network Slimming on Fashion-MNIST: BN scales after sparsity training (paper Fig. 4)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
