@@ -272,8 +272,10 @@ def han(name, base, acc_base, train, test, B, ck) -> dict:
     for values in ("fp16", "int8"):
         path = save_sparse(res.model, CACHE / f"han-{values}", values=values, overwrite=True)
         sizes[f"bytes_sparse_{values}"] = sparse_bytes(path)
+    rounds = [{k: r[k] for k in ("round", "quality", "compression", "acc")} for r in res.records
+              if r["stage"] == "retrained"]
     return method_row(name, "secateur", "han (unstructured)", base, acc_base, res.last("pruned"), last, res.model,
-                      B["han_epochs"] * len(B["han"]), compression=last["compression"], **sizes,
+                      B["han_epochs"] * len(B["han"]), compression=last["compression"], rounds=rounds, **sizes,
                       note="dense kernels: no speed-up expected from unstructured sparsity")
 
 
