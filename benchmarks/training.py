@@ -143,8 +143,7 @@ def main(argv: list[str]) -> None:
     if args.only in (None, "vgg8"):
         rows += vgg_rows(train, test, mode, B, ck, hist)
     if args.only in (None, "resnet56"):
-        rows_r, hist["ResNet-56, λ = 1e-05"] = slimming_resnet(train, test, mode, B, ck)
-        rows += rows_r
+        rows += slimming_resnet(train, test, mode, B, ck, hist)
     plot_gammas(hist, _common.RESULTS / f"training{'_quick' if args.quick else ''}_gammas.png")
     out = _common.write_results("training_quick" if args.quick else "training", rows, argv)
     _common.print_table(rows, [("method", "method"), ("tool", "tool"), ("MACs", "macs_ratio"),
@@ -179,20 +178,21 @@ def vgg_rows(train, test, mode, B, ck, hist: dict[str, list[float]]) -> list[dic
     return rows
 
 
-def slimming_resnet(train, test, mode, B, ck) -> tuple[list[dict], list[float]]:
+def slimming_resnet(train, test, mode, B, ck, hist: dict[str, list[float]]) -> list[dict]:
     """The paper's ResNet setting: lambda 1e-5, 40% of the channels (residual stages coupled); the rows
-    (uncapped and capped) and the |gamma| after sparsity training."""
+    (uncapped and capped); the |gamma| after sparsity training go into ``hist``."""
     base = baseline("resnet56", mode, train, test, B["base"])
     acc_base = evaluate(base, test)["acc"]
-    cfg = Slimming(sparsity=1e-5, amount=0.4, sparsity_epochs=B["sparsity"], finetune_epochs=B["finetune"],
+    lam = 1e-5
+    cfg = Slimming(sparsity=lam, amount=0.4, sparsity_epochs=B["sparsity"], finetune_epochs=B["finetune"],
                    optim=SPARSE_SGD, finetune_optim=SGD)
     res = slimming(base, train, X, cfg, eval_loader=test, checkpoint=ck / "slim-resnet56", resume=True,
                    compile=B["compile"])
-    row = method_row("resnet56", "secateur", "slimming λ=1e-5", base, acc_base, res.last("pruned"),
+    hist[f"ResNet-56, λ = {lam:g}"] = res.last("sparse")["gammas"]
+    row = method_row("resnet56", "secateur", f"slimming λ={lam:g}", base, acc_base, res.last("pruned"),
                      res.last("finetuned"), res.model, B["finetune"], target={"amount": 0.4},
                      acc_sparse=res.last("sparse")["acc"], sparsity_epochs=B["sparsity"])
-    cap = capped("resnet56", ck / "slim-resnet56", "slimming λ=1e-5", 0.4, base, acc_base, train, test, B)
-    return [row, cap], res.last("sparse")["gammas"]
+    return [row, capped("resnet56", ck / "slim-resnet56", f"slimming λ={lam:g}", 0.4, base, acc_base, train, test, B)]
 
 
 def sparse_model(name: str, run: Path) -> torch.nn.Module:
