@@ -172,7 +172,7 @@ def vgg_rows(train, test, mode, B, ck, hist: dict[str, list[float]]) -> list[dic
                                acc_sparse=res.last("sparse")["acc"], sparsity_epochs=B["sparsity"]))
         rows.append(capped(name, ck / f"slim-{lam:g}", f"slimming λ={lam:g}", 0.7, base, acc_base, train, test, B))
     sparse = sparse_model(name, ck / "slim-0.0001")
-    rows += [anchor(name, base, sparse, acc_base, train, test, B, ck, cap) for cap in (1.0, CAP[name])]
+    rows += [anchor(name, base, sparse, 1e-4, 0.7, acc_base, train, test, B, ck, cap) for cap in (1.0, CAP[name])]
     rows += ista_vs_slimming(name, base, sparse, acc_base, train, test, ISTA_SHRINK / sum_lr, B, ck)
     rows.append(han(name, base, acc_base, train, test, B, ck))
     return rows
@@ -192,7 +192,9 @@ def slimming_resnet(train, test, mode, B, ck, hist: dict[str, list[float]]) -> l
     row = method_row("resnet56", "secateur", f"slimming λ={lam:g}", base, acc_base, res.last("pruned"),
                      res.last("finetuned"), res.model, B["finetune"], target={"amount": 0.4},
                      acc_sparse=res.last("sparse")["acc"], sparsity_epochs=B["sparsity"])
-    return [row, capped("resnet56", ck / "slim-resnet56", f"slimming λ={lam:g}", 0.4, base, acc_base, train, test, B)]
+    return [row, capped("resnet56", ck / "slim-resnet56", f"slimming λ={lam:g}", 0.4, base, acc_base, train, test, B),
+            anchor("resnet56", base, sparse_model("resnet56", ck / "slim-resnet56"), lam, 0.4, acc_base, train, test,
+                   B, ck)]
 
 
 def sparse_model(name: str, run: Path) -> torch.nn.Module:
@@ -220,24 +222,25 @@ def capped(name, run: Path, method, amount, base, acc_base, train, test, B) -> d
                          target={"amount": amount, "max_amount": CAP[name]})
 
 
-def anchor(name, base, sparse, acc_base, train, test, B, ck, cap: float = 1.0) -> dict:
-    """Torch-Pruning's BNScalePruner (same L1 regulariser as ours) on our λ=1e-4 sparse model; ``cap`` is
-    its max_pruning_ratio (1 = none)."""
+def anchor(name, base, sparse, lam, amount, acc_base, train, test, B, ck, cap: float = 1.0) -> dict:
+    """Torch-Pruning's BNScalePruner (same L1 regulariser as ours) on our sparse model (trained at ``lam``),
+    ``amount`` of the channels by one global ranking; ``cap`` is its max_pruning_ratio (1 = none)."""
     import torch_pruning as tp
     model = copy.deepcopy(sparse)
-    method = "slimming λ=0.0001" + ("" if cap == 1 else f", max_amount={cap:g}")
-    run = ck / ("tp-finetune-run" if cap == 1 else f"tp-finetune-cap{cap:g}")
+    method = f"slimming λ={lam:g}" + ("" if cap == 1 else f", max_amount={cap:g}")
+    run = ck / f"tp-{name}-cap{cap:g}"
     try:
-        pruner = tp.pruner.BNScalePruner(model, X, importance=tp.importance.BNScaleImportance(), reg=1e-4,
-                                         global_pruning=True, pruning_ratio=0.7, max_pruning_ratio=cap,
-                                         ignored_layers=[model.classifier])
+        head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        pruner = tp.pruner.BNScalePruner(model, X, importance=tp.importance.BNScaleImportance(), reg=lam,
+                                         global_pruning=True, pruning_ratio=amount, max_pruning_ratio=cap,
+                                         ignored_layers=[head])
         pruner.step()
         pruned = {"acc": evaluate(model, test)["acc"]}
         fit(model, train, epochs=B["finetune"], optim=SGD, eval_loader=test, checkpoint=run, resume=True,
             compile=B["compile"])
         final = record("finetuned", model, X, test)
         return method_row(name, "torch-pruning", method, base, acc_base, pruned, final, model, B["finetune"],
-                          target={"amount": 0.7, "max_amount": cap})
+                          target={"amount": amount, "max_amount": cap})
     except Exception as e:  # a failing anchor is a row, not a crash
         return _common.row(model=name, tool="torch-pruning", method=method, ok=False,
                            error=_common.error_line(e))
