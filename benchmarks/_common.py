@@ -78,13 +78,21 @@ def error_line(exc: BaseException, limit: int = 240) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def write_results(name: str, rows: list[dict], argv: Sequence[str]) -> Path:
-    """Write ``results/NAME.json`` atomically (temp file + rename); return its path."""
+def write_results(name: str, rows: list[dict], argv: Sequence[str], keep_others: bool = False) -> Path:
+    """Write ``results/NAME.json`` atomically (temp file + rename); return its path. ``keep_others``
+    (a run of part of a benchmark): the earlier file's rows that this run did not measure again, by
+    (model, tool, method), are kept ahead of the new ones, each with the command and date that made it."""
     RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    if keep_others and path.exists():
+        old = json.loads(path.read_text())
+        ran = {(r["model"], r["tool"], r["method"]) for r in rows}
+        rows = [{**r, "command": r.get("command", old["command"]), "date": r.get("date", old["date"])}
+                for r in old["rows"] if (r["model"], r["tool"], r["method"]) not in ran] + rows
     doc = {"benchmark": name.removesuffix("_quick"),
            "command": " ".join(["python", f"benchmarks/{Path(argv[0]).name}", *argv[1:]]),
            "date": datetime.date.today().isoformat(), "machine": machine(), "rows": rows}
-    return _dump(RESULTS / f"{name}.json", doc, indent=1)
+    return _dump(path, doc, indent=1)
 
 
 def _dump(path: Path, obj, indent: int | None = None) -> Path:

@@ -3,7 +3,8 @@ and the speed of ``fit``; Torch-Pruning 1.6.1's BNScalePruner side by side on th
 
     python benchmarks/training.py --quick     # 6,000 training images, short budgets (about 30 min)
     python benchmarks/training.py             # all 60,000, the budgets below (hours on 2 CPU cores)
-    python benchmarks/training.py --only vgg8 # one model's rows (vgg8: Slimming, ISTA, Han; resnet56: Slimming)
+    python benchmarks/training.py --only vgg8 # one model's rows (vgg8: Slimming, ISTA, Han; resnet56: Slimming);
+                                              # the other model's rows in the JSON are kept
     python benchmarks/training.py --baselines # only the baselines (committed under baselines/), compiled
 
 Every row starts from the same baseline checkpoint and gets the same fine-tune budget; accuracy is on
@@ -138,14 +139,14 @@ def main(argv: list[str]) -> None:
         for name in MODELS:
             print(f"baseline {name}: test acc {evaluate(baseline(name, mode, train, test, B['base']), test)['acc']:.4f}")
         return
+    name = "training_quick" if args.quick else "training"
     rows = speed(train)
-    hist = {}
-    if args.only in (None, "vgg8"):
-        rows += vgg_rows(train, test, mode, B, ck, hist)
-    if args.only in (None, "resnet56"):
-        rows += slimming_resnet(train, test, mode, B, ck, hist)
-    plot_gammas(hist, _common.RESULTS / f"training{'_quick' if args.quick else ''}_gammas.png")
-    out = _common.write_results("training_quick" if args.quick else "training", rows, argv)
+    for model, run in (("vgg8", vgg_rows), ("resnet56", slimming_resnet)):
+        if args.only in (None, model):
+            hist = {}
+            rows += run(train, test, mode, B, ck, hist)
+            plot_gammas(hist, _common.RESULTS / f"{name}_gammas_{model}.png")
+    out = _common.write_results(name, rows, argv, keep_others=args.only is not None)
     _common.print_table(rows, [("method", "method"), ("tool", "tool"), ("MACs", "macs_ratio"),
                                ("params", "params_ratio"), ("latency", "latency_ratio"), ("base", "acc_base"),
                                ("pruned", "acc_pruned"), ("tuned", "acc_finetuned"),
