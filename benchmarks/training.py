@@ -287,13 +287,14 @@ def plot_gammas(hist: dict[str, list[float]], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(hist), figsize=(4 * len(hist), 3), squeeze=False)
+    fig, axes = plt.subplots(1, len(hist), figsize=(max(4 * len(hist), 8), 3), squeeze=False)
     for ax, (title, g) in zip(axes[0], hist.items()):
         ax.hist(g, bins=50, color="tab:blue")
         ax.set_title(title)
         ax.set_xlabel("|γ| after sparsity training")
     axes[0][0].set_ylabel("BN channels")
-    fig.suptitle("Network Slimming on Fashion-MNIST: BN scales after sparsity training (paper Fig. 4)")
+    fig.suptitle("Network Slimming on Fashion-MNIST: BN scales after sparsity training (paper Fig. 4)",
+                 fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
