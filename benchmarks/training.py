@@ -1,7 +1,7 @@
 """Training-time methods on real Fashion-MNIST: Network Slimming, ISTA on gamma, Han's magnitude pruning,
 and the speed of ``fit``; Torch-Pruning 1.6.1's BNScalePruner side by side on the same sparse model.
 
-    python benchmarks/training.py --quick     # 6,000 training images, short budgets (about 30 min)
+    python benchmarks/training.py --quick     # 6,000 training images, short budgets (about 20 min)
     python benchmarks/training.py             # all 60,000, the budgets below (hours on 2 CPU cores)
     python benchmarks/training.py --only vgg8 # one model's rows (vgg8: Slimming, ISTA, Han; resnet56: Slimming);
                                               # the other model's rows in the JSON are kept
