@@ -86,9 +86,11 @@ def write_results(name: str, rows: list[dict], argv: Sequence[str], keep_others:
     path = RESULTS / f"{name}.json"
     if keep_others and path.exists():
         old = json.loads(path.read_text())
-        ran = {(r["model"], r["tool"], r["method"]) for r in rows}
+        def key(r: dict) -> tuple:
+            return r["model"], r["tool"], r["method"]
+        ran = {key(r) for r in rows}
         rows = [{**r, "command": r.get("command", old["command"]), "date": r.get("date", old["date"])}
-                for r in old["rows"] if (r["model"], r["tool"], r["method"]) not in ran] + rows
+                for r in old["rows"] if key(r) not in ran] + rows
     doc = {"benchmark": name.removesuffix("_quick"),
            "command": " ".join(["python", f"benchmarks/{Path(argv[0]).name}", *argv[1:]]),
            "date": datetime.date.today().isoformat(), "machine": machine(), "rows": rows}

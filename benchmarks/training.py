@@ -139,14 +139,14 @@ def main(argv: list[str]) -> None:
         for name in MODELS:
             print(f"baseline {name}: test acc {evaluate(baseline(name, mode, train, test, B['base']), test)['acc']:.4f}")
         return
-    name = "training_quick" if args.quick else "training"
+    stem = "training_quick" if args.quick else "training"
     rows = speed(train)
-    for model, run in (("vgg8", vgg_rows), ("resnet56", slimming_resnet)):
-        if args.only in (None, model):
-            hist = {}
-            rows += run(train, test, mode, B, ck, hist)
-            plot_gammas(hist, _common.RESULTS / f"{name}_gammas_{model}.png")
-    out = _common.write_results(name, rows, argv, keep_others=args.only is not None)
+    rows_of = {"vgg8": vgg_rows, "resnet56": slimming_resnet}   # one entry per model in MODELS
+    for model in [args.only] if args.only else MODELS:
+        hist = {}
+        rows += rows_of[model](train, test, mode, B, ck, hist)
+        plot_gammas(hist, _common.RESULTS / f"{stem}_gammas_{model}.png")
+    out = _common.write_results(stem, rows, argv, keep_others=args.only is not None)
     _common.print_table(rows, [("method", "method"), ("tool", "tool"), ("MACs", "macs_ratio"),
                                ("params", "params_ratio"), ("latency", "latency_ratio"), ("base", "acc_base"),
                                ("pruned", "acc_pruned"), ("tuned", "acc_finetuned"),
