@@ -171,14 +171,28 @@ class Gated(nn.Module):
         return self.head(self.gate(self.body(self.stem(x)).mean((2, 3))))
 
 
-def test_untraceable_model_names_the_module_and_suggests_ignore() -> None:
+def test_untraceable_module_is_made_opaque_and_named() -> None:
     torch.manual_seed(0)
     model, x = Gated().train(), torch.randn(2, 3, 8, 8)
-    for call in (lambda: secateur.trace(model, x), lambda: secateur.prune(model, x, L1(), amount=0.5)):
-        with _untouched(model), pytest.raises(secateur.TraceError) as exc:
-            call()
-        _message(exc, "Gated", "gate", "Gate", "ignore=")
-        assert "line" in str(exc.value)
+    with _untouched(model):
+        graph = secateur.trace(model, x)
+    assert list(graph.opaque) == ["gate"] and "tensor values" in graph.opaque["gate"]
+    assert "opaque: gate" in str(graph)
+    stem = next(g for g in graph.groups if "stem.0" in g.modules(secateur.graph.Role.OUT))
+    body = next(g for g in graph.groups if "body.0" in g.modules(secateur.graph.Role.OUT))
+    assert stem.prunable and body.frozen and "gate" in body.frozen
+
+
+class Branchy(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if x.sum() > 0 else -x
+
+
+def test_untraceable_root_names_the_model_and_the_line() -> None:
+    model, x = Branchy(), torch.randn(2, 3, 8, 8)
+    with pytest.raises(secateur.TraceError) as exc:
+        secateur.trace(model, x)
+    _message(exc, "Branchy", "tensor values", "line")
 
 
 @pytest.mark.parametrize("ignore", [["gate"], "module"], ids=["by-name", "by-object"])

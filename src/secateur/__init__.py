@@ -8,14 +8,14 @@
 Training and the training-time methods: ``secateur.data`` (Fashion-MNIST, CIFAR binary, ImageFolder),
 ``secateur.train.fit`` and ``secateur.methods`` (slimming, ista, magnitude).
 """
-from . import criteria, data, methods, models, train
+from . import criteria, data, layers, methods, models, train
 from .graph import ChannelGroup, Graph, TraceError, trace
 from .io import LoadError, load, save
 from .measure import Stats, measure, table
 from .plan import Plan, Target, TargetError
 from .prune import plan_pruning, prune
-from .surgery import apply, silence
+from .surgery import SurgeryError, apply, silence
 
 __all__ = ["trace", "prune", "plan_pruning", "apply", "silence", "measure", "table", "save", "load", "criteria",
-           "data", "methods", "models", "train", "Graph", "ChannelGroup", "Plan", "Target", "Stats", "TraceError", "TargetError",
-           "LoadError"]
+           "data", "layers", "methods", "models", "train", "Graph", "ChannelGroup", "Plan", "Target", "Stats", "TraceError", "TargetError",
+           "LoadError", "SurgeryError"]

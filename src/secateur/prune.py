@@ -30,8 +30,13 @@ def score(model: nn.Module, graph: Graph, criterion: Criterion, data=None) -> di
     scores = {}
     for g in graph.prunable:
         s = criterion(g, model)
-        if s is not None:
-            scores[g.index] = s
+        if s is None:
+            continue
+        if not np.isfinite(s).all():
+            raise ValueError(f"criterion {type(criterion).__name__} gave non-finite scores (nan/inf) to group "
+                             f"#{g.index} ({', '.join(g.modules(Role.OUT)[:3]) or g.members[0].site}): "
+                             f"check the model's weights and the calibration data")
+        scores[g.index] = s
     return scores
 
 

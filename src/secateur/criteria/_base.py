@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..graph import ChannelGroup, Member, Site
+from ..layers import handler_for
 
 
 class Criterion(Protocol):
@@ -34,11 +35,7 @@ def bind(criterion, model: nn.Module, graph, data) -> Criterion:
 def out_rows(m: nn.Module, weight: torch.Tensor | None = None) -> torch.Tensor:
     """The weights of each output channel of a conv/linear layer, one row per channel; ``weight``
     (a tensor shaped like ``m.weight``, e.g. its gradient) is laid out the same way instead."""
-    w = (m.weight if weight is None else weight).detach()
-    if isinstance(m, nn.modules.conv._ConvNd) and m.transposed:
-        g = m.groups
-        w = w.reshape(g, w.shape[0] // g, w.shape[1], -1).transpose(1, 2)  # (g, out/g, in/g, k)
-    return w.reshape(m.out_channels if hasattr(m, "out_channels") else m.out_features, -1)
+    return handler_for(m).out_rows(m, weight)
 
 
 class SiteCriterion:

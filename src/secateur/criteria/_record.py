@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers import Norm, Weighted, handler_for
+
 
 class CalibrationError(ValueError):
     """A calibration loader that is empty or yields batches the model cannot take."""
@@ -26,7 +28,10 @@ class CalibrationError(ValueError):
 
 def channel_dim(module: nn.Module) -> int:
     """The dim of a layer's output that holds its channels: last for Linear/LayerNorm, else 1."""
-    return -1 if isinstance(module, (nn.Linear, nn.LayerNorm)) else 1
+    h = handler_for(module)
+    if isinstance(h, Weighted):
+        return h.channel_dim(module)
+    return h.output_dim(module) if isinstance(h, Norm) else 1
 
 
 def per_channel(t: torch.Tensor, dim: int) -> torch.Tensor:

@@ -30,7 +30,8 @@ def _attr_site(w: Walker, t: TInfo, out: torch.Tensor, dims: tuple[int, ...], id
     if ids is None or len(dims) != 1 or t.shape[dims[0] - offset] != ids.size:
         return False
     module, _, param = t.attr.rpartition(".")
-    w.site(module, Role.PARAM, ids, param=param, dim=dims[0] - offset, exact=exact)
+    dim = t.attr_dim if t.attr_dim is not None else dims[0] - offset
+    w.site(module, Role.PARAM, ids, param=param, dim=dim, exact=exact)
     return True
 
 
@@ -40,6 +41,8 @@ def elementwise(w: Walker, n: fx.Node, args, kwargs, out):
     infos = [w.info.get(a) for a in (*n.args, *n.kwargs.values()) if isinstance(a, fx.Node)]
     infos = [t for t in infos if isinstance(t, TInfo)]
     rank = out.ndim
+    if any(len(t.shape) > rank for t in infos):   # not element-wise after all (e.g. x.to(other) with a list)
+        return w._unknown(n, args, kwargs, out)
     tracked = [t for t in infos if t.ids is not None]
     coupled = [t for t in tracked
                if all(t.shape[d - rank + len(t.shape)] == out.shape[d] for d in _aligned(t, rank))
@@ -58,12 +61,12 @@ def elementwise(w: Walker, n: fx.Node, args, kwargs, out):
         w.tie(coupled[0].ids, t.ids)
     ids = coupled[0].ids
     for t in infos:
-        if t.ids is not None:
+        if any(t is c for c in coupled) or _spans_nothing(t, out, dims):
             continue
-        ok = _attr_site(w, t, out, dims, ids) if t.attr else _spans_nothing(t, out, dims)
-        if not ok:
-            w.freeze(coupled[0], f"combined with an unprunable tensor of shape {tuple(t.shape)} "
-                                 f"at node '{n.name}'")
+        if t.ids is None and t.attr and _attr_site(w, t, out, dims, ids):
+            continue
+        w.freeze([coupled[0], t], f"combined with an unprunable tensor of shape {tuple(t.shape)} "
+                                  f"at node '{n.name}'")
     return TInfo(tuple(out.shape), dims, ids)
 
 

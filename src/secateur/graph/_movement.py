@@ -10,7 +10,9 @@ import numpy as np
 import torch.fx as fx
 from torch import nn
 
-SIZED = {"view", "reshape", "expand", "unflatten"}   # ops whose arguments are output sizes
+from ._sizes import check_sizes
+
+SIZED = {"view", "reshape", "expand", "unflatten", "view_as", "reshape_as", "expand_as"}   # take output sizes
 SLICING = {"getitem", "__getitem__", "narrow", "select", "unbind"}
 PIECES = {"split", "chunk"}
 
@@ -19,30 +21,36 @@ def name_of(n: fx.Node) -> str:
     return n.target if n.op == "call_method" else getattr(n.target, "__name__", "")
 
 
-def fixed_dims(n: fx.Node) -> set[int]:
-    """Output dims whose size is a literal in the call (not -1, not computed from a tensor's size)."""
-    name = name_of(n)
-    if name not in SIZED:
-        return set()
-    if name == "unflatten":
-        dim, sizes = (n.args[1], n.args[2]) if len(n.args) > 2 else (n.kwargs.get("dim"), n.kwargs.get("sizes"))
-        offset = dim
-    else:
-        sizes = n.args[1:] if len(n.args) > 1 else (n.kwargs.get("shape") or n.kwargs.get("size") or ())
-        if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
-            sizes = sizes[0]
-        offset = 0
-    return {offset + i for i, s in enumerate(sizes) if isinstance(s, int) and s != -1}
+def _per_dim(index: tuple, written: tuple, rank: int) -> list[tuple]:
+    """(value, as written in the graph) of the index entry that applies to each input dim."""
+    out: list[tuple] = []
+    for i, (ix, w) in enumerate(zip(index, written)):
+        if ix is None:
+            continue
+        if ix is Ellipsis:
+            rest = sum(1 for j in index[i + 1:] if j is not None)
+            out.extend([(slice(None), slice(None))] * (rank - len(out) - rest))
+        else:
+            out.append((ix, w))
+    return out + [(slice(None), slice(None))] * (rank - len(out))
 
 
-def slices_channels(n: fx.Node, args, dims: tuple[int, ...], rank: int) -> bool:
+def _whole(ix, written, size: int) -> bool:
+    """A slice that keeps the whole dim, now and after pruning (a literal stop at or past the end)."""
+    return (isinstance(ix, slice) and ix.step in (None, 1) and ix.start in (None, 0)
+            and (ix.stop is None or ix.stop >= size) and not isinstance(getattr(written, "stop", None), fx.Node))
+
+
+def slices_channels(n: fx.Node, args, dims: tuple[int, ...], rank: int, shape: tuple[int, ...] = ()) -> bool:
     """True when a slicing op picks channels by position (which would shift once channels go)."""
     name = name_of(n)
     if name in ("getitem", "__getitem__"):
         index = args[1] if isinstance(args[1], tuple) else (args[1],)
-        if any(i is Ellipsis or i is None for i in index):
+        written = n.args[1] if isinstance(n.args[1], tuple) else (n.args[1],)
+        if len(written) != len(index):
             return bool(dims)
-        return any(d < len(index) and index[d] != slice(None) for d in dims)
+        per_dim = _per_dim(index, written, rank)
+        return any(not _whole(*per_dim[d], shape[d]) for d in dims)
     dim = args[1] if len(args) > 1 else n.kwargs.get("dim", 0)
     return isinstance(dim, int) and dim % rank in dims
 
@@ -68,7 +76,7 @@ def constrain(walker, n: fx.Node, args, kwargs, source, results: list, module=No
             return f"channel shuffle of an unexpected layout at node '{n.name}'"
         tie_along(walker, source.ids.reshape(groups, -1), 0)
     if source.ids is not None and source.dims:
-        if name in SLICING and slices_channels(n, args, source.dims, rank):
+        if name in SLICING and slices_channels(n, args, source.dims, rank, source.shape):
             return f"channels picked by position ({name}) at node '{n.name}'"
         if name in PIECES:
             dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
@@ -79,7 +87,11 @@ def constrain(walker, n: fx.Node, args, kwargs, source, results: list, module=No
                     return f"channels split at fixed sizes ({name}) at node '{n.name}'"
                 for r in results[1:]:
                     walker.tie(results[0].ids, r.ids)
-    fixed = fixed_dims(n)
+    fixed: set[int] = set()
+    if name in SIZED:
+        fixed, why = check_sizes(walker, n, args, kwargs, source)
+        if why:
+            return why
     for r in results:
         free = [d for d in r.dims if d not in fixed]
         if r.dims and not free:

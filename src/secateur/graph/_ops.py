@@ -10,10 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Layers the tracer never looks inside: they own the weights the surgery shrinks. Subclasses count too
-# (a Conv2d with TF-"SAME" padding in its own forward stays a leaf and keeps its class).
-WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
-
 # Parameter-free modules whose output has the input's channels, position for position.
 PASSTHROUGH_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
@@ -80,6 +76,9 @@ FUNCTIONAL_NORMS = {
     F.group_norm: ((2, 3), True),
 }
 
+# torchvision's region pooling: each output channel pools the same input channel of every level.
+ROI_POOLS = {"roi_align", "roi_pool", "_multiscale_roi_align"}
+
 # Calls that return no tensor and carry no data (asserts, logging): ignored.
 IGNORED_FUNCTIONS = {torch._assert, getattr}
 
@@ -104,6 +103,8 @@ def kind_of(op: str, target) -> str:
         return "elementwise"
     if name == "pad":
         return "pad"
+    if name in ROI_POOLS and "torchvision" in (getattr(target, "__module__", "") or ""):
+        return "roi"
     return "unknown"
 
 

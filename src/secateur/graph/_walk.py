@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import itertools
 import operator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.fx as fx
 
-from . import _ops
+from ..forward import signature
+from . import _ops, _sizes
 from ._movement import constrain
 from ._types import Call, Role, Site
 
@@ -34,6 +36,7 @@ class TInfo:
     dims: tuple[int, ...] = ()          # dims that carry channel units
     ids: np.ndarray | None = None       # unit id per channel position, shape [shape[d] for d in dims]
     attr: str | None = None             # qualified name when the tensor is a model parameter/buffer
+    attr_dim: int | None = None         # for a reshaped view of a per-channel parameter: its sliced dim
 
 
 @dataclass
@@ -46,6 +49,9 @@ class Record:
     sites: list[Site] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
     bn_after: dict[str, str] = field(default_factory=dict)   # conv name -> the BN that alone reads it
+    outputs: list = field(default_factory=list)               # the output's structure and shapes
+    out_ids: dict[str, np.ndarray] = field(default_factory=dict)        # layer -> its output units
+    site_of: dict[tuple, int] = field(default_factory=dict)             # (layer, role, param) -> site
 
 
 def _along(t: TInfo, dim: int, size: int) -> np.ndarray | None:
@@ -60,16 +66,19 @@ def _along(t: TInfo, dim: int, size: int) -> np.ndarray | None:
     return None
 
 
-def _flat_tensors(value) -> list[torch.Tensor]:
+def flat_tensors(value) -> list[torch.Tensor]:
+    """Every tensor in a (nested) tuple, list or dict."""
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _flat_tensors(v)]
+        return [t for v in value for t in flat_tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in flat_tensors(v)]
     return []
 
 
 def _has_tensor(value) -> bool:
-    return bool(_flat_tensors(value))
+    return bool(flat_tensors(value))
 
 
 def _varying(lab: torch.Tensor) -> tuple[int, ...]:
@@ -89,14 +98,17 @@ def _labels_to_info(lab: torch.Tensor, where: torch.Tensor) -> TInfo:
 class Walker(fx.Interpreter):
     """fx interpreter that computes real values and, beside them, channel units."""
 
-    def __init__(self, gm: fx.GraphModule, opaque: set[str]):
+    def __init__(self, gm: fx.GraphModule, opaque: set[str], guards: Iterable[str] = (), *,
+                 rec: Record | None = None, prefix: str = "", boundary: str | None = None):
         super().__init__(gm)
         self.extra_traceback = False   # keep our one-line errors one line
-        self.rec = Record()
+        self.rec = rec if rec is not None else Record()
         self.info: dict[fx.Node, object] = {}
         self.opaque = opaque
-        self._out_ids: dict[str, np.ndarray] = {}
-        self._site_of: dict[tuple[str, Role, str | None], int] = {}
+        self.prefix = prefix           # qualified name of the traced module within the model, plus "."
+        self.boundary = boundary       # why its inputs and outputs are kept whole, when not the model's
+        self.reads: dict[tuple[str, int], np.ndarray] = {}   # size reads: (node, dim) -> channel ids
+        self.guards = set(guards)
 
     # ---------------------------------------------------------------- unit bookkeeping
     def fresh(self, n: int) -> np.ndarray:
@@ -106,6 +118,9 @@ class Walker(fx.Interpreter):
 
     def tie(self, a: np.ndarray, b: np.ndarray) -> None:
         self.rec.edges.append((np.asarray(a).ravel(), np.asarray(b).ravel()))
+
+    def freeze_ids(self, ids: np.ndarray, reason: str) -> None:
+        self.rec.frozen.append((np.asarray(ids).ravel(), reason))
 
     def freeze(self, value, reason: str) -> None:
         for t in self._tensors(value):
@@ -132,22 +147,24 @@ class Walker(fx.Interpreter):
             return t
         if isinstance(value, (tuple, list)):
             return tuple(self.new_info(v, reason) for v in value)
+        if isinstance(value, dict):
+            return {k: self.new_info(v, reason) for k, v in value.items()}
         return None
 
     def site(self, module: str, role: Role, ids: np.ndarray, *, param: str | None = None, dim: int = 0,
              exact: bool = True, const: np.ndarray | None = None) -> None:
         """Record a site; a module called twice reuses its weights, so its units are tied."""
         key = (module, role, param)
-        if key in self._site_of:
-            self.tie(self.rec.sites[self._site_of[key]].ids, ids)
+        if key in self.rec.site_of:
+            self.tie(self.rec.sites[self.rec.site_of[key]].ids, ids)
             return
-        self._site_of[key] = len(self.rec.sites)
+        self.rec.site_of[key] = len(self.rec.sites)
         self.rec.sites.append(Site(module, role, np.asarray(ids).ravel(), param=param, dim=dim, exact=exact,
                                    const=const))
 
     # ---------------------------------------------------------------- interpreter
     def run_node(self, n: fx.Node):
-        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        args, kwargs = _mutable(self.fetch_args_kwargs_from_env(n))
         try:
             out = getattr(self, n.op)(n.target, args, kwargs)
         except Exception as exc:
@@ -155,6 +172,8 @@ class Walker(fx.Interpreter):
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise InputError(f"{what}: {first}") from exc
         self.info[n] = self.analyse(n, args, kwargs, out)
+        if n.name in self.guards:
+            _sizes.guard(self, n)
         return out
 
     def arg_info(self, a):
@@ -162,30 +181,51 @@ class Walker(fx.Interpreter):
 
     def analyse(self, n: fx.Node, args, kwargs, out):
         if n.op == "placeholder":
-            return self.new_info(out, f"model input '{n.target}'")
+            return self.new_info(out, self.boundary or f"model input '{n.target}'")
         if n.op == "get_attr":
-            return TInfo(tuple(out.shape), attr=str(n.target)) if isinstance(out, torch.Tensor) else None
+            return TInfo(tuple(out.shape), attr=self.prefix + str(n.target)) if isinstance(out, torch.Tensor) else None
         if n.op == "output":
-            self.freeze(self.arg_info(n.args), "model output")
+            self.freeze(self.arg_info(n.args), self.boundary or "model output")
+            if not self.prefix:
+                self.rec.outputs = signature(args[0])
             return None
         if n.op == "call_module":
             from ._modules import analyse_module
             return analyse_module(self, n, args, out)
+        if n.op in ("call_function", "call_method") and not _has_tensor(out):
+            return _sizes.provenance(self, n, args, kwargs, out)
         kind = _ops.kind_of(n.op, n.target)
         handler = getattr(self, f"_{kind}")
         return handler(n, args, kwargs, out)
 
     # ---------------------------------------------------------------- op handlers
-    def _ignore(self, n, args, kwargs, out):
-        return None
+    def _ignore(self, n, args, kwargs, out):   # getattr, asserts: a tensor read off an object is new
+        return self._unknown(n, args, kwargs, out, f"tensor attribute at node '{n.name}'")
 
     def _unknown(self, n, args, kwargs, out, why: str | None = None):
         ins = self.arg_info((n.args, n.kwargs))
         if not _has_tensor(out):
             return None  # sizes, dims, Python numbers: no channels flow through them
+        if why is None:
+            same = _same_objects(args, ins, out)
+            if same is not None:   # it hands back its input tensors themselves (picks from a dict)
+                return same
         reason = why or f"unsupported op {_ops.op_name(n.op, n.target)} at node '{n.name}'"
         self.freeze(ins, reason)
         return self.new_info(out, reason)
+
+    def _roi(self, n, args, kwargs, out):
+        """Region pooling: output channel c pools channel c of every feature level, so the levels'
+        channels are tied and the output carries them."""
+        levels = self.arg_info(n.args[0])
+        levels = list(levels) if isinstance(levels, (tuple, list)) else [levels]
+        if (not isinstance(out, torch.Tensor) or not levels
+                or not all(isinstance(t, TInfo) and t.ids is not None and t.dims == (1,) for t in levels)
+                or len({t.ids.size for t in levels}) != 1):
+            return self._unknown(n, args, kwargs, out, f"region pooling of an unexpected layout at '{n.name}'")
+        for t in levels[1:]:
+            self.tie(levels[0].ids, t.ids)
+        return TInfo(tuple(out.shape), (1,), levels[0].ids)
 
     def _pass(self, t: TInfo, out: torch.Tensor) -> TInfo:
         return TInfo(tuple(out.shape), t.dims, t.ids)
@@ -237,7 +277,12 @@ class Walker(fx.Interpreter):
         unit id; a second replay on channel positions tells which output dims carry channels."""
         if n.target is operator.getitem and not isinstance(self.env.get(n.args[0]), torch.Tensor):
             held = self.info.get(n.args[0])   # picking from a tuple (split, chunk, a module's outputs)
+            if isinstance(held, dict):
+                return held.get(args[1])
             return held[args[1]] if isinstance(held, (tuple, list)) else None
+        view = _param_view(self, n, module)
+        if view is not None:
+            return view
         occurrence = itertools.count()
 
         def label(x, positions: bool):
@@ -255,16 +300,16 @@ class Walker(fx.Interpreter):
             ids = t.ids
             if positions:   # each argument occurrence gets its own range of position codes
                 ids = np.arange(ids.size).reshape(ids.shape) + (next(occurrence) << 32)
-            return torch.from_numpy(np.ascontiguousarray(ids)).reshape(view).expand(value.shape)
+            return torch.from_numpy(np.ascontiguousarray(ids)).reshape(view).expand(value.shape).contiguous()
 
         try:
             res, where = (self._replay(n, module, *(fx.node.map_arg(a, lambda x: label(x, pos))
                                                    for a in (n.args, n.kwargs))) for pos in (False, True))
         except Exception:  # an op that cannot run on int64 labels: be safe, freeze
             return self._unknown(n, args, kwargs, out)
-        if any(t.dtype != torch.int64 for t in _flat_tensors(res)):
+        if any(t.dtype != torch.int64 or t.numel() == 0 for t in flat_tensors(res)):
             return self._unknown(n, args, kwargs, out)
-        flat = [_labels_to_info(r, w) for r, w in zip(_flat_tensors(res), _flat_tensors(where))]
+        flat = [_labels_to_info(r, w) for r, w in zip(flat_tensors(res), flat_tensors(where))]
         infos = _rebuild(res, iter(flat))
         source = next((self.info.get(a) for a in n.all_input_nodes
                        if isinstance(self.info.get(a), TInfo)), None)
@@ -283,20 +328,107 @@ class Walker(fx.Interpreter):
         return n.target(*largs, **lkwargs)
 
 
+def _param_view(w: Walker, n: fx.Node, module) -> TInfo | None:
+    """A per-channel parameter reshaped in forward (``self.gamma.view(1, -1, 1, 1)``, timm's
+    LayerScale): replay the op on the parameter's positions and, when its one long dim lands in order
+    on one output dim, keep the parameter's name so the consumer can slice it."""
+    tensors = [a for a in n.all_input_nodes if isinstance(w.env.get(a), torch.Tensor)]
+    if module is not None or len(tensors) != 1:
+        return None
+    t = w.info.get(tensors[0])
+    if not isinstance(t, TInfo) or t.attr is None or t.ids is not None:
+        return None
+    long = [d for d, size in enumerate(t.shape) if size > 1]
+    if len(long) != 1:
+        return None
+    pd = long[0]
+    view = [1] * len(t.shape)
+    view[pd] = t.shape[pd]
+    labels = torch.arange(t.shape[pd]).reshape(view).expand(t.shape)
+    try:
+        res = Walker._replay(n, None, *(fx.node.map_arg(a, lambda x: labels if x is tensors[0] else w.env[x])
+                                        for a in (n.args, n.kwargs)))
+    except Exception:
+        return None
+    if not isinstance(res, torch.Tensor) or res.dtype != torch.int64 or res.numel() == 0:
+        return None
+    varying = _varying(res)
+    if len(varying) != 1:
+        return None
+    d = varying[0]
+    line = res.movedim(d, -1).reshape(-1, res.shape[d])[0]
+    if res.shape[d] != t.shape[pd] or not torch.equal(line, torch.arange(t.shape[pd])):
+        return None
+    return TInfo(tuple(res.shape), attr=t.attr, attr_dim=pd)
+
+
+def _same_objects(args, infos, out):
+    """``out`` with each tensor's info when every output tensor is one of the input tensors, else None."""
+    known: dict[int, object] = {}
+
+    def collect(value, info):
+        if isinstance(value, torch.Tensor):
+            if isinstance(info, TInfo):
+                known[id(value)] = info
+        elif isinstance(value, (tuple, list)) and isinstance(info, (tuple, list)) and len(value) == len(info):
+            for v, i in zip(value, info):
+                collect(v, i)
+        elif isinstance(value, dict) and isinstance(info, dict):
+            for k in value:
+                collect(value[k], info.get(k))
+
+    collect(args, infos[0] if isinstance(infos, tuple) and len(infos) == 2 else infos)
+
+    def rebuild(value):
+        if isinstance(value, torch.Tensor):
+            if id(value) not in known:
+                raise KeyError
+            return known[id(value)]
+        if isinstance(value, (tuple, list)):
+            return tuple(rebuild(v) for v in value)
+        if isinstance(value, dict):
+            return {k: rebuild(v) for k, v in value.items()}
+        return None
+
+    try:
+        return rebuild(out)
+    except KeyError:
+        return None
+
+
+def _mutable(a):
+    """fx hands args over as immutable lists and dicts; code that mutates its inputs needs real ones."""
+    if isinstance(a, fx.immutable_collections.immutable_list):
+        return [_mutable(x) for x in a]
+    if isinstance(a, fx.immutable_collections.immutable_dict):
+        return {k: _mutable(v) for k, v in a.items()}
+    if isinstance(a, tuple) and type(a) is tuple:
+        return tuple(_mutable(x) for x in a)
+    if type(a) is list:
+        return [_mutable(x) for x in a]
+    if type(a) is dict:
+        return {k: _mutable(v) for k, v in a.items()}
+    return a
+
+
 def _rebuild(value, infos):
     """``value``'s structure with every tensor replaced by the next of ``infos``."""
     if isinstance(value, torch.Tensor):
         return next(infos)
     if isinstance(value, (tuple, list)):
         return tuple(_rebuild(v, infos) for v in value)
+    if isinstance(value, dict):
+        return {k: _rebuild(v, infos) for k, v in value.items()}
     return None
 
 
-def run(gm: fx.GraphModule, example_inputs: tuple, opaque: set[str]) -> Record:
-    """Walk ``gm`` on the example inputs (eval mode, no grad) and return what it recorded."""
-    walker = Walker(gm, opaque)
-    with torch.no_grad():
-        walker.run(*example_inputs)
+def run(gm: fx.GraphModule, example_inputs: tuple, opaque: set[str], guards: Iterable[str] = (), *,
+        rec: Record | None = None, prefix: str = "", boundary: str | None = None) -> Record:
+    """Walk ``gm`` on the example inputs (the caller sets eval mode and no grad) and return what it
+    recorded; ``guards``: nodes whose value Python used as a plain number while tracing. ``rec``,
+    ``prefix``, ``boundary``: walking a submodule of the model into the model's record."""
+    walker = Walker(gm, opaque, guards, rec=rec, prefix=prefix, boundary=boundary)
+    walker.run(*example_inputs)
     return walker.rec
 
 

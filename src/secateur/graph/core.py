@@ -1,25 +1,22 @@
 """Channel groups: the sets of channels that must be removed together, and ``trace`` that finds them."""
 from __future__ import annotations
 
-import traceback
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.fx as fx
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from torch import nn
 
-from . import _ops, _walk
+from . import _walk
+from ._partial import TraceError, detached, freeze_tied, walk
+from ._walk import flat_tensors
+from ._tracer import preserved
 from ._types import Call, Role, Site
 
 _ROLE_ORDER = {Role.OUT: 0, Role.NORM: 1, Role.PARAM: 2, Role.IN: 3}
-
-
-class TraceError(ValueError):
-    """The model cannot be traced, or the example inputs do not fit it."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,6 +68,9 @@ class Graph:
     calls: tuple[Call, ...]
     bn_after: dict[str, str]
     input_shapes: tuple[tuple[int, ...], ...]
+    opaque: dict[str, str] = field(default_factory=dict)   # modules traced as black boxes, and why
+    example_inputs: tuple | None = field(default=None, repr=False)   # what it was traced on
+    outputs: list = field(default_factory=list, repr=False)    # the outputs' structure and shapes then
 
     @property
     def prunable(self) -> list[ChannelGroup]:
@@ -79,10 +79,11 @@ class Graph:
     def __str__(self) -> str:
         n = len(self.prunable)
         head = f"Graph: {len(self.groups)} channel groups, {n} prunable, {len(self.sites)} sites"
-        return "\n".join([head, *map(str, self.groups)])
+        opaque = [f"opaque: {name} ({why})" for name, why in self.opaque.items()]
+        return "\n".join([head, *opaque, *map(str, self.groups)])
 
 
-def _build(rec: _walk.Record, input_shapes) -> Graph:
+def _build(rec: _walk.Record, input_shapes, opaque: dict[str, str], inputs: tuple | None = None) -> Graph:
     n = max(rec.n_ids, 1)
     if rec.edges:
         a = np.concatenate([e[0] for e in rec.edges])
@@ -125,30 +126,8 @@ def _build(rec: _walk.Record, input_shapes) -> Graph:
     for g, key in enumerate(keys):
         ms = tuple(sorted(members[g], key=lambda m: _ROLE_ORDER[m.site.role]))
         groups.append(ChannelGroup(g, len(buckets[key]), ms, key[1], all(m.site.exact for m in ms)))
-    return Graph(tuple(groups), tuple(sites), tuple(rec.calls), dict(rec.bn_after), input_shapes)
-
-
-class _Tracer(fx.Tracer):
-    """Weighted layers (and their subclasses) and the user's opaque modules are leaves."""
-
-    def __init__(self, opaque: set[int]):
-        super().__init__()
-        self.opaque = opaque
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, _ops.WEIGHTED) or id(m) in self.opaque or super().is_leaf_module(m, qualname)
-
-
-def _culprit(model: nn.Module, exc: BaseException) -> str:
-    """Name the innermost module of ``model`` whose code was running when ``exc`` was raised."""
-    names = {id(m): name for name, m in model.named_modules()}
-    found = ""
-    for frame, _ in traceback.walk_tb(exc.__traceback__):
-        code = frame.f_code
-        obj = frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
-        if isinstance(obj, nn.Module) and id(obj) in names:
-            found = f"{names[id(obj)] or '<root>'} ({type(obj).__name__}, line {frame.f_lineno})"
-    return found
+    return Graph(tuple(groups), tuple(sites), tuple(rec.calls), dict(rec.bn_after), input_shapes, dict(opaque),
+                 inputs, list(rec.outputs))
 
 
 def as_tuple(example_inputs) -> tuple:
@@ -178,35 +157,20 @@ def resolve_modules(model: nn.Module, modules: Iterable) -> set[str]:
 def trace(model: nn.Module, example_inputs, *, ignore: Iterable = ()) -> Graph:
     """Trace ``model`` with torch.fx and group its channels into what must be cut together.
 
+    The model runs on ``example_inputs`` while it is traced, so Python that reads shapes, dtypes or
+    devices works as at run time. A module whose code still cannot be traced (detection
+    post-processing) is made opaque automatically: its channels are kept whole where they cross it,
+    and ``Graph.opaque`` says which modules and why.
+
     ``ignore``: modules (objects or qualified names) whose outputs are kept whole; a module that is
-    not a conv/linear layer is also treated as opaque (not traced into), which is how to get past code
-    that torch.fx cannot trace. The model is run once, in eval mode, on ``example_inputs`` and left
-    exactly as it was.
+    not a conv/linear layer is also treated as opaque (not traced into). The model is run in eval
+    mode and left exactly as it was (modes, parameters, and attributes its forward sets).
     """
     inputs = as_tuple(example_inputs)
     opaque = resolve_modules(model, ignore)
-    tracer = _Tracer({id(model.get_submodule(n)) for n in opaque})
-    try:
-        fx_graph = tracer.trace(model)
-    except Exception as exc:
-        where = _culprit(model, exc)
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = ("make the model's own forward traceable by torch.fx (no Python control flow on tensor "
-                "values)" if not where or where.startswith("<root>")
-                else "pass that module in ignore=[...] to treat it as opaque")
-        raise TraceError(f"cannot trace {type(model).__name__}{' in ' + where if where else ''}: "
-                         f"{msg}; {hint}") from exc
-    gm = fx.GraphModule(tracer.root, fx_graph)
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        rec = _walk.run(gm, inputs, opaque)
-    except _walk.InputError as exc:
-        shapes = ", ".join(str(tuple(x.shape)) for x in inputs if isinstance(x, torch.Tensor))
-        first = str(exc).strip().splitlines()[0]
-        raise TraceError(f"example inputs of shape {shapes} do not fit {type(model).__name__}: {first}") from exc
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-    shapes = tuple(tuple(x.shape) for x in inputs if isinstance(x, torch.Tensor))
-    return _build(rec, shapes)
+    rec, report = _walk.Record(), {}
+    with preserved(model):
+        walk(model, inputs, opaque, rec, report)
+    freeze_tied(model, rec)
+    shapes = tuple(tuple(x.shape) for x in flat_tensors(inputs))
+    return _build(rec, shapes, report, detached(inputs))

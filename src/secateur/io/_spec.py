@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..layers import handler_for
+
 __all__ = [
-    "WIDTH_ATTRS",
     "ArchitectureMismatch",
     "ModuleSpec",
     "SpecError",
@@ -27,17 +28,6 @@ __all__ = [
 
 Shape = tuple[int, ...]
 Width = int | tuple[int, ...]
-
-# Attributes that hold a module's width, for the module types that surgery shrinks (subclasses too).
-WIDTH_ATTRS: tuple[tuple[type[nn.Module], tuple[str, ...]], ...] = (
-    (nn.modules.conv._ConvNd, ("in_channels", "out_channels", "groups")),
-    (nn.modules.batchnorm._NormBase, ("num_features",)),
-    (nn.Linear, ("in_features", "out_features")),
-    (nn.LayerNorm, ("normalized_shape",)),
-    (nn.GroupNorm, ("num_groups", "num_channels")),
-    (nn.PReLU, ("num_parameters",)),
-)
-
 
 class SpecError(Exception):
     """The spec does not fit the model; the message says why, without naming the file."""
@@ -53,7 +43,8 @@ class WeightsMismatch(SpecError):
 
 def width_attrs(module: nn.Module) -> tuple[str, ...]:
     """Names of the width attributes of ``module`` (empty for types surgery does not resize)."""
-    return next((attrs for kind, attrs in WIDTH_ATTRS if isinstance(module, kind)), ())
+    h = handler_for(module)
+    return h.width_attrs if h is not None else ()
 
 
 def _own_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor | None]]:

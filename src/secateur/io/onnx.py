@@ -33,7 +33,7 @@ from torch import nn
 from secateur.io._atomic import atomic_file
 from secateur.io._checkpoint import LoadError, _first_line
 from secateur.measure._measure import _as_inputs, _inference, _model_device, time_forward
-from secateur.measure._probe import checked_forward
+from secateur.forward import checked_forward
 
 __all__ = ["OnnxError", "check_onnx", "export_onnx", "ort_accuracy", "ort_latency", "quantize_int8", "to_fp16"]
 

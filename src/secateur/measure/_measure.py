@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from secateur.io._state import serialized_size
-from secateur.measure._probe import checked_forward
+from secateur.forward import checked_forward
 from secateur.measure.stats import Stats
 
 __all__ = ["count_macs", "count_params", "measure", "time_forward"]
@@ -88,15 +88,26 @@ def _inference(model: nn.Module, threads: int | None) -> Iterator[None]:
 
 def _as_inputs(example_inputs: torch.Tensor | tuple[torch.Tensor, ...], device: torch.device) -> Inputs:
     items = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-    if not all(isinstance(x, torch.Tensor) for x in items):
+
+    def moved(x):   # a tensor, or a list of them (a detector's images)
+        if isinstance(x, torch.Tensor):
+            return x.to(device)
+        if isinstance(x, list) and x and all(isinstance(t, torch.Tensor) for t in x):
+            return [t.to(device) for t in x]
+        raise TypeError
+    try:
+        return tuple(moved(x) for x in items)
+    except TypeError:
         kinds = ", ".join(type(x).__name__ for x in items)
-        raise TypeError(f"example_inputs must be a Tensor or a tuple of Tensors, got ({kinds})")
-    return tuple(x.to(device) for x in items)
+        raise TypeError(f"example_inputs must be a Tensor, a tuple of Tensors or a list of image Tensors, "
+                        f"got ({kinds})") from None
 
 
 def _with_batch(inputs: Inputs, batch: int) -> Inputs:
     """Inputs with ``batch`` rows, the example's rows repeated (or cut) along dim 0."""
     def resized(x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, list):   # a detector's list of images
+            return [x[i % len(x)] for i in range(batch)]
         reps = math.ceil(batch / x.shape[0])
         return x.repeat(reps, *[1] * (x.dim() - 1))[:batch].contiguous()
     return tuple(resized(x) for x in inputs)

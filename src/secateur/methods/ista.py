@@ -23,7 +23,7 @@ from ..graph import Graph, Role, trace
 from ..plan import Target
 from ..prune import plan_pruning
 from ..surgery import apply
-from ..surgery._shrink import scale_in_
+from ..layers import handler_for
 from ..train import Callback, Optim
 from ._common import BN, Result, Stages, bn_layers, check_epochs, record
 
@@ -103,7 +103,7 @@ def _scale(graph: Graph, model: nn.Module, g: int, alpha: float) -> None:
                 module.weight[pos] *= alpha
                 module.bias[pos] *= alpha
         elif m.site.role is Role.IN:
-            scale_in_(module, m.positions, 1.0 / alpha)
+            handler_for(module).scale_in(module, m.positions, 1.0 / alpha)
 
 
 @torch.no_grad()

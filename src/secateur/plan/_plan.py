@@ -10,6 +10,7 @@ import numpy as np
 from torch import nn
 
 from ..graph import Graph, Role, Site
+from ..layers import handler_for
 
 
 @dataclass(frozen=True)
@@ -79,11 +80,8 @@ def layer_facts(graph: Graph, model: nn.Module) -> dict[str, _Layer]:
     facts = {}
     for call in graph.calls:
         m = model.get_submodule(call.module)
-        if isinstance(m, nn.Linear):
-            facts[call.module] = _Layer(m.in_features, m.out_features, 1, 1)
-        else:
-            facts[call.module] = _Layer(m.in_channels, m.out_channels, m.groups,
-                                        int(np.prod(m.kernel_size)))
+        h = handler_for(m)
+        facts[call.module] = _Layer(*h.io(m), h.taps(m))
     return facts
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from secateur.measure._measure import _as_inputs, _inference, _model_device
-from secateur.measure._probe import checked_forward
+from secateur.forward import checked_forward
 
 __all__ = ["peak_memory", "weight_bytes", "widths"]
 

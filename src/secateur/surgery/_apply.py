@@ -8,15 +8,16 @@ import torch
 from torch import nn
 
 from ..graph import ChannelGroup, Graph, Role, Site
+from ..layers import Layer, Weighted, handler_for, take_
 from ..plan import Plan, site_masks
-from . import _shrink
+from ._verify import verify
 
 
 def _fold(model: nn.Module, graph: Graph, site: Site, mask: np.ndarray) -> None:
     """Move what removed constant input channels contributed into the layer's bias (or next BN)."""
     values = np.where(mask, np.nan, site.const)
     m = model.get_submodule(site.module)
-    delta = _shrink.in_contribution(m, values)
+    delta = handler_for(m).in_contribution(m, values)
     if delta is None:
         return
     with torch.no_grad():
@@ -28,10 +29,13 @@ def _fold(model: nn.Module, graph: Graph, site: Site, mask: np.ndarray) -> None:
             m.bias = nn.Parameter(delta.clone(), requires_grad=m.weight.requires_grad)
 
 
-def apply(model: nn.Module, graph: Graph, plan: Plan, *, fold: bool = True) -> nn.Module:
+def apply(model: nn.Module, graph: Graph, plan: Plan, *, fold: bool = True,
+          verify_outputs: bool = True) -> nn.Module:
     """Shrink ``model`` IN PLACE to what ``plan`` keeps; ``graph`` must come from tracing this model
     (or an identical copy). With ``fold``, removed input channels that were constant on the example
     inputs (e.g. a BatchNorm channel with gamma = 0 outputs act(beta)) are folded into the consumer's bias.
+    Then the pruned model runs once on the graph's example inputs: if it crashes or its outputs change
+    structure or shape, :class:`SurgeryError` names the layer (``verify_outputs=False`` skips this).
     """
     masks = site_masks(graph, plan.unit_masks(graph))
     by_site = [(s, masks[id(s)]) for s in graph.sites if id(s) in masks]
@@ -43,18 +47,21 @@ def apply(model: nn.Module, graph: Graph, plan: Plan, *, fold: bool = True) -> n
     for s, mask in by_site:
         if s.role is Role.PARAM:
             owner = model.get_submodule(s.module)
-            _shrink.take_(owner, s.param, s.dim, np.flatnonzero(mask))
-            _shrink.sync_widths(owner)
+            take_(owner, s.param, s.dim, np.flatnonzero(mask))
+            if isinstance(h := handler_for(owner), Layer):
+                h.sync_widths(owner)
         else:
             layers[s.module][s.role] = mask
+    changed = set(layers) | {s.module for s, _ in by_site if s.role is Role.PARAM}
     for name, roles in layers.items():
         m = model.get_submodule(name)
-        if isinstance(m, nn.modules.conv._ConvNd):
-            _shrink.conv_(m, roles.get(Role.IN), roles.get(Role.OUT), name)
-        elif isinstance(m, nn.Linear):
-            _shrink.linear_(m, roles.get(Role.IN), roles.get(Role.OUT), name)
+        h = handler_for(m)
+        if isinstance(h, Weighted):
+            h.shrink(m, roles.get(Role.IN), roles.get(Role.OUT), name)
         else:
-            _shrink.norm_(m, roles[Role.NORM])
+            h.shrink(m, roles[Role.NORM])
+    if verify_outputs:
+        verify(model, graph, changed)
     return model
 
 
@@ -70,4 +77,5 @@ def silence(model: nn.Module, group: ChannelGroup, units: np.ndarray) -> None:
         if m.site.role is Role.IN:
             positions = m.positions[drop[m.unit]]
             if positions.size:
-                _shrink.zero_in_(model.get_submodule(m.site.module), positions)
+                layer = model.get_submodule(m.site.module)
+                handler_for(layer).scale_in(layer, positions, 0.0)

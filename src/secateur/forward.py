@@ -1,4 +1,8 @@
-"""One forward pass that turns a shape error deep inside torch into a one-line ``ValueError``."""
+"""One forward pass that knows where it failed: the innermost module running when it raised.
+
+Shared plumbing (no secateur imports): ``checked_forward`` turns a shape error deep inside torch into
+a one-line ``ValueError``; ``tracked_forward`` hands the failing module to the caller.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["checked_forward", "shape_of"]
+__all__ = ["ForwardFailure", "checked_forward", "shape_of", "signature", "tracked_forward"]
 
 _FORWARD_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
 
@@ -51,9 +55,31 @@ def _where(name: str, module: nn.Module, args: Sequence[Any]) -> str:
     return text
 
 
-def checked_forward(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
-    """Run ``model(*inputs)``; if it raises, raise a one-line ``ValueError`` naming the input shapes
-    and the innermost module that failed, chained to the original error."""
+def signature(value, path: str = "output") -> list[tuple[str, object]]:
+    """A model output's structure, each tensor replaced by its shape: [(path, shape or type name)]."""
+    if isinstance(value, torch.Tensor):
+        return [(path, tuple(value.shape))]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in signature(v, f"{path}[{k!r}]")]
+    if isinstance(value, (tuple, list)):
+        return [s for i, v in enumerate(value) for s in signature(v, f"{path}[{i}]")]
+    return [(path, type(value).__name__)]
+
+
+class ForwardFailure(Exception):
+    """``model(*inputs)`` raised inside module ``name`` (``''``: the model's own forward)."""
+
+    def __init__(self, name: str, module: nn.Module, args: tuple, cause: BaseException):
+        super().__init__(name, cause)
+        self.name, self.module, self.args, self.cause = name, module, args, cause
+
+    def where(self) -> str:
+        return _where(self.name, self.module, self.args)
+
+
+def tracked_forward(model: nn.Module, inputs: tuple) -> Any:
+    """Run ``model(*inputs)``; if it raises one of the usual forward errors, raise
+    :class:`ForwardFailure` naming the innermost module that was running."""
     stack: list[tuple[str, nn.Module, tuple[Any, ...]]] = []
 
     def enter(name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -70,11 +96,21 @@ def checked_forward(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
     try:
         return model(*inputs)
     except _FORWARD_ERRORS as e:
-        where = _where(*stack[-1]) if stack else ""
-        cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        given = ", ".join(shape_of(x) for x in inputs)
-        raise ValueError(f"example input of shape {given} does not fit the model: the forward failed"
-                         f"{where}: {cause}") from e
+        name, module, args = stack[-1] if stack else ("", model, inputs)
+        raise ForwardFailure(name, module, args, e) from e
     finally:
         for handle in handles:
             handle.remove()
+
+
+def checked_forward(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
+    """Run ``model(*inputs)``; if it raises, raise a one-line ``ValueError`` naming the input shapes
+    and the innermost module that failed, chained to the original error."""
+    try:
+        return tracked_forward(model, inputs)
+    except ForwardFailure as f:
+        where = f.where()
+        cause = (str(f.cause).strip().splitlines() or [type(f.cause).__name__])[0]
+        given = ", ".join(shape_of(x) for x in inputs)
+        raise ValueError(f"example input of shape {given} does not fit the model: the forward failed"
+                         f"{where}: {cause}") from f.cause

@@ -1,0 +1,53 @@
+"""The safety net: after surgery, the pruned model must run on the example inputs and give outputs
+of the same structure and shapes as before, or the surgery raises instead of returning it."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..forward import ForwardFailure, signature, tracked_forward
+from ..graph import Graph
+
+
+class SurgeryError(RuntimeError):
+    """The pruned model crashes or changed its outputs' structure: a case the engine did not prove."""
+
+
+def _groups_touching(graph: Graph, module: str) -> str:
+    found = [f"#{g.index}" for g in graph.groups if module in g.modules()]
+    return f" (channel group {', '.join(found[:4])})" if found else ""
+
+
+def _to(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to(v, device) for v in value)
+    return value
+
+
+def verify(model: nn.Module, graph: Graph, changed: set[str]) -> None:
+    """Run ``model`` (just pruned) on the graph's example inputs and compare output shapes."""
+    if graph.example_inputs is None:
+        return
+    device = next((p.device for p in model.parameters()), None)
+    inputs = _to(graph.example_inputs, device) if device is not None else graph.example_inputs
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = tracked_forward(model, inputs)
+    except ForwardFailure as f:
+        cause = (str(f.cause).strip().splitlines() or [type(f.cause).__name__])[0]
+        raise SurgeryError(f"internal: the pruned {type(model).__name__} fails{f.where()}"
+                           f"{_groups_touching(graph, f.name)}: {cause}; the model was not returned "
+                           f"(pass that layer in ignore=[...] to prune around it)") from f.cause
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    got = signature(out)
+    if got != graph.outputs:
+        diff = next(((a, b) for a, b in zip(got, graph.outputs) if a != b), (got[:1], graph.outputs[:1]))
+        raise SurgeryError(f"internal: the pruned {type(model).__name__} returns {diff[0]} where it "
+                           f"returned {diff[1]} (layers changed: {', '.join(sorted(changed)[:5])}); "
+                           f"the model was not returned")

@@ -1,0 +1,232 @@
+"""Python that real forwards run: shape reads, guards, *args, unpacked chunks, list appends; and the
+patterns that used to give back a broken model (per-channel parameters reshaped in forward, sizes
+read off another tensor's channels, tied weights, non-finite scores).
+
+Each model is silenced and cut group by group (as in test_exact) and must compute what it did."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import secateur
+from secateur.criteria import L1
+from secateur.graph import Role
+
+
+def _cbr(i: int, o: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU())
+
+
+class Guarded(nn.Module):
+    """Reads shapes, asserts on the batch, branches on rank: all resolve to the example's values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = _cbr(3, 16), _cbr(16, 16)
+        self.fc = nn.Linear(16 * 4 * 4, 5)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        assert x.dim() == 4 and x.dtype == torch.float32 and x.device.type == "cpu"
+        if x.shape[-1] != 8:
+            raise ValueError("8x8 inputs only")
+        y = self.b(self.a(x))
+        b, c, h, w = y.shape
+        y = y.reshape(b, c, h * w).reshape(b, c, h, w)   # sizes read off y itself: they follow it
+        y = nn.functional.max_pool2d(y, 2)
+        return self.fc(y.view(y.size(0), -1))            # the papers' flatten
+
+
+class C2fLike(nn.Module):
+    """Ultralytics' C2f: list(chunk), a list extended in a loop, then cat."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = _cbr(3, 16)
+        self.cv1 = _cbr(16, 16)
+        self.m = nn.ModuleList(_cbr(8, 8) for _ in range(2))
+        self.cv2 = _cbr(32, 16)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(self.cv1(self.stem(x)).chunk(2, 1))
+        y.extend(m(y[-1]) for m in self.m)
+        return self.head(self.cv2(torch.cat(y, 1)))
+
+
+class LayerScaled(nn.Module):
+    """A per-channel parameter reshaped in forward (timm's LayerScale, every ConvNeXt)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.b = _cbr(3, 16), nn.Conv2d(16, 16, 3, padding=1)
+        self.gamma = nn.Parameter(torch.linspace(0.5, 1.5, 16))
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        if self.how == "view":
+            z = self.b(y) * self.gamma.view(1, -1, 1, 1)
+        elif self.how == "reshape":
+            z = self.b(y).mul(self.gamma.reshape(1, -1, 1, 1))
+        else:
+            z = self.b(y) * self.gamma[None, :, None, None]
+        return self.head(y + z)
+
+
+class CrossReshape(nn.Module):
+    """EdgeNeXt's cross-covariance attention: qkv reshaped with C read off its *input*."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = _cbr(3, 8)
+        self.qkv = nn.Conv2d(8, 24, 1)
+        self.proj = nn.Conv2d(24, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.a(x)
+        b, c, h, w = x.shape
+        qkv = self.qkv(x).reshape(b, 3, c, h, w)
+        return self.proj(qkv.reshape(b, 3 * c, h, w))
+
+
+class Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+        self.b.weight = self.a.weight
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.a(x).relu(), self.b(x).relu()], 1))
+
+
+class Caching(nn.Module):
+    """Sets attributes in forward, as Ultralytics' Detect caches its anchors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = _cbr(3, 8), nn.Conv2d(8, 4, 1)
+        self.shape = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.head(self.a(x))
+        if self.shape != y.shape:
+            self.shape = y.shape
+            self.cached = torch.zeros(y.shape[0], 1)
+        return y
+
+
+def _calibrated(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def _exact(model: nn.Module, x: torch.Tensor, graph) -> nn.Module:
+    """Silence a third of every exact prunable group, cut it, compare; return the pruned copy."""
+    rng = np.random.default_rng(0)
+    silenced, keep = copy.deepcopy(model), {}
+    for g in graph.prunable:
+        units = np.sort(rng.choice(g.size, size=max(1, g.size // 3), replace=False))
+        secateur.silence(silenced, g, units)
+        keep[g.index] = np.setdiff1d(np.arange(g.size), units)
+    pruned = secateur.apply(copy.deepcopy(silenced), graph, secateur.Plan(keep))
+    with torch.no_grad():
+        expected, actual = silenced(x), pruned(x)
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    return pruned
+
+
+def _group_of(graph, module: str):
+    return next(g for g in graph.groups if module in g.modules(Role.OUT))
+
+
+def test_shape_reads_guards_and_varargs_trace_and_cut_exactly() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    model = _calibrated(Guarded(), x)
+    graph = secateur.trace(model, x)
+    assert _group_of(graph, "b.0").prunable      # view(x.size(0), -1) no longer freezes the last conv
+    assert _group_of(graph, "a.0").prunable
+    pruned = _exact(model, x, graph)
+    assert pruned.fc.in_features < 16 * 4 * 4
+
+
+def test_chunk_unpacked_into_a_list_and_extended_in_a_loop() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    model = _calibrated(C2fLike(), x)
+    graph = secateur.trace(model, x)
+    cv1 = _group_of(graph, "cv1.0")
+    assert cv1.prunable and cv1.size == 8 and cv1.width == 2   # both halves lose the same positions
+    assert _group_of(graph, "m.0.0").prunable
+    _exact(model, x, graph)
+
+
+@pytest.mark.parametrize("how", ["view", "reshape", "index"])
+def test_a_reshaped_per_channel_parameter_is_sliced_with_its_group(how: str) -> None:
+    x = torch.randn(2, 3, 8, 8)
+    model = _calibrated(LayerScaled(how), x)
+    graph = secateur.trace(model, x)
+    group = _group_of(graph, "b")
+    assert group.prunable and any(m.site.param == "gamma" for m in group.members)
+    pruned = _exact(model, x, graph)
+    assert pruned.gamma.numel() == pruned.b.out_channels < 16
+
+
+def test_a_reshape_sized_by_another_tensors_channels_is_frozen_not_broken() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    model = _calibrated(CrossReshape(), x)
+    graph = secateur.trace(model, x)
+    for name in ("a.0", "qkv"):
+        assert "takes a size from the channels" in (_group_of(graph, name).frozen or ""), name
+    with pytest.raises(ValueError, match="no prunable layer"):
+        secateur.prune(model, x, L1(), amount=0.5)
+
+
+def test_tied_weights_are_frozen_so_they_stay_tied() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    model = Tied().eval()
+    graph = secateur.trace(model, x)
+    for name in ("a", "b"):
+        assert "tied" in (_group_of(graph, name).frozen or ""), name
+
+
+def test_attributes_a_forward_sets_are_put_back() -> None:
+    model, x = Caching().eval(), torch.randn(2, 3, 8, 8)
+    secateur.trace(model, x)
+    assert model.shape is None and not hasattr(model, "cached")
+    small = secateur.prune(model, x, L1(), amount=0.5)
+    assert small.a[0].out_channels == 4 and model.shape is None
+
+
+class BadScores(L1):
+    def __call__(self, group, model):
+        s = super().__call__(group, model)
+        s[0] = np.nan
+        return s
+
+
+def test_non_finite_scores_are_an_error_naming_the_criterion_and_group() -> None:
+    model, x = C2fLike().eval(), torch.randn(2, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"BadScores gave non-finite scores .* group #\d+ \(stem\.0"):
+        secateur.prune(model, x, BadScores(), amount=0.5)
+
+
+def test_a_pruned_model_that_crashes_is_never_returned() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    model = _calibrated(C2fLike(), x)
+    graph = secateur.trace(model, x)
+    broken = copy.deepcopy(model)    # code the graph never saw relies on the width of head's input
+    broken.head.register_forward_hook(lambda m, args, out: args[0].view(2, 16, 8, 8) and None)
+    keep = {g.index: np.arange(g.size // 2) for g in graph.prunable}
+    with pytest.raises(secateur.SurgeryError, match=r"fails in 'head' \(Conv2d\).*channel group #"):
+        secateur.apply(broken, graph, secateur.Plan(keep))
