@@ -109,6 +109,7 @@ class Walker(fx.Interpreter):
         self.boundary = boundary       # why its inputs and outputs are kept whole, when not the model's
         self.reads: dict[tuple[str, int], np.ndarray] = {}   # size reads: (node, dim) -> channel ids
         self.guards = set(guards)
+        self.dynamic: set[fx.Node] = set()   # nodes whose output sizes may depend on the data
 
     # ---------------------------------------------------------------- unit bookkeeping
     def fresh(self, n: int) -> np.ndarray:
@@ -172,9 +173,28 @@ class Walker(fx.Interpreter):
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise InputError(f"{what}: {first}") from exc
         self.info[n] = self.analyse(n, args, kwargs, out)
+        if n.op != "output" and (_data_sized(n, args) or any(a in self.dynamic for a in n.all_input_nodes)
+                                 or n.op == "call_module" and str(n.target) in self.opaque):
+            self.dynamic.add(n)
         if n.name in self.guards:
             _sizes.guard(self, n)
         return out
+
+    def _output_shapes(self, nodes, value, path: str = "output") -> list:
+        """``signature`` of the output, with -1 for every dim of a tensor whose sizes depend on the
+        data (detections after NMS): those are compared by rank only."""
+        if isinstance(nodes, fx.Node) and not isinstance(value, torch.Tensor):
+            return [(p, tuple(-1 for _ in s) if nodes in self.dynamic and isinstance(s, tuple) else s)
+                    for p, s in signature(value, path)]
+        if isinstance(value, torch.Tensor):
+            dynamic = not isinstance(nodes, fx.Node) or nodes in self.dynamic
+            return [(path, tuple(-1 if dynamic else d for d in value.shape))]
+        if isinstance(value, dict) and isinstance(nodes, dict):
+            return [x for k in value for x in self._output_shapes(nodes.get(k), value[k], f"{path}[{k!r}]")]
+        if isinstance(value, (tuple, list)) and isinstance(nodes, (tuple, list)) and len(nodes) == len(value):
+            return [x for i, (nd, v) in enumerate(zip(nodes, value))
+                    for x in self._output_shapes(nd, v, f"{path}[{i}]")]
+        return signature(value, path)
 
     def arg_info(self, a):
         return fx.node.map_aggregate(a, lambda x: self.info.get(x) if isinstance(x, fx.Node) else None)
@@ -187,7 +207,7 @@ class Walker(fx.Interpreter):
         if n.op == "output":
             self.freeze(self.arg_info(n.args), self.boundary or "model output")
             if not self.prefix:
-                self.rec.outputs = signature(args[0])
+                self.rec.outputs = self._output_shapes(n.args[0], args[0])
             return None
         if n.op == "call_module":
             from ._modules import analyse_module
@@ -210,6 +230,8 @@ class Walker(fx.Interpreter):
             same = _same_objects(args, ins, out)
             if same is not None:   # it hands back its input tensors themselves (picks from a dict)
                 return same
+        if why is None:   # code we cannot read: its output's sizes may depend on the data
+            self.dynamic.add(n)
         reason = why or f"unsupported op {_ops.op_name(n.op, n.target)} at node '{n.name}'"
         self.freeze(ins, reason)
         return self.new_info(out, reason)
@@ -360,6 +382,20 @@ def _param_view(w: Walker, n: fx.Node, module) -> TInfo | None:
     if res.shape[d] != t.shape[pd] or not torch.equal(line, torch.arange(t.shape[pd])):
         return None
     return TInfo(tuple(res.shape), attr=t.attr, attr_dim=pd)
+
+
+_DATA_SIZED = {"nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "nms", "batched_nms"}
+
+
+def _data_sized(n: fx.Node, args) -> bool:
+    """An op whose output size is set by tensor values: nonzero, NMS, indexing with a tensor."""
+    name = n.target if n.op == "call_method" else getattr(n.target, "__name__", "")
+    if name in _DATA_SIZED or (name == "where" and len(args) == 1):
+        return True
+    if name in ("getitem", "__getitem__") and len(args) > 1:
+        index = args[1] if isinstance(args[1], tuple) else (args[1],)
+        return any(isinstance(i, torch.Tensor) for i in index)
+    return False
 
 
 def _same_objects(args, infos, out):

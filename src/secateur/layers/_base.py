@@ -115,8 +115,15 @@ class Norm(Layer):
             self.set_width(m, t.shape[0])
 
 
-def register(handler: Layer, *types: type) -> Layer:
-    """Use ``handler`` for ``types`` and their subclasses (a later registration wins)."""
+class Block(Layer):
+    """A module holding layers whose forward reads a width stored as a plain attribute (Ultralytics'
+    C2f splits ``cv1``'s output at ``self.c``): after surgery, :meth:`sync_widths` recomputes it from
+    the layers, and ``width_attrs`` are saved with the model."""
+
+
+def register(handler: Layer, *types: type | str) -> Layer:
+    """Use ``handler`` for ``types`` and their subclasses (a later registration wins). A type may be
+    named ``"package.module.Class"``, so a third-party class is known without importing its package."""
     for t in types:
         _REGISTRY[t] = handler
     return handler
@@ -124,8 +131,9 @@ def register(handler: Layer, *types: type) -> Layer:
 
 def handler_for(m: nn.Module) -> Layer | None:
     for cls in type(m).__mro__:
-        if cls in _REGISTRY:
-            return _REGISTRY[cls]
+        found = _REGISTRY.get(cls) or _REGISTRY.get(f"{cls.__module__}.{cls.__qualname__}")
+        if found is not None:
+            return found
     return None
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..graph import ChannelGroup, Graph, Role, Site
-from ..layers import Layer, Weighted, handler_for, take_
+from ..layers import Block, Layer, Weighted, handler_for, take_
 from ..plan import Plan, site_masks
 from ._verify import verify
 
@@ -60,6 +60,9 @@ def apply(model: nn.Module, graph: Graph, plan: Plan, *, fold: bool = True,
             h.shrink(m, roles.get(Role.IN), roles.get(Role.OUT), name)
         else:
             h.shrink(m, roles[Role.NORM])
+    for m in model.modules():   # blocks that store a width of their layers as a plain attribute
+        if isinstance(h := handler_for(m), Block):
+            h.sync_widths(m)
     if verify_outputs:
         verify(model, graph, changed)
     return model

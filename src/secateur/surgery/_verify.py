@@ -18,6 +18,16 @@ def _groups_touching(graph: Graph, module: str) -> str:
     return f" (channel group {', '.join(found[:4])})" if found else ""
 
 
+def _fits(got: tuple, want: tuple) -> bool:
+    """Same path and shape; -1 in ``want`` (a size the data sets, as after NMS) matches any size."""
+    (path, shape), (want_path, want_shape) = got, want
+    if path != want_path or type(shape) is not type(want_shape):
+        return False
+    if not isinstance(shape, tuple):
+        return shape == want_shape
+    return len(shape) == len(want_shape) and all(w in (-1, s) for s, w in zip(shape, want_shape))
+
+
 def _to(value, device):
     if isinstance(value, torch.Tensor):
         return value.to(device)
@@ -46,8 +56,8 @@ def verify(model: nn.Module, graph: Graph, changed: set[str]) -> None:
         for m, mode in modes.items():
             m.training = mode
     got = signature(out)
-    if got != graph.outputs:
-        diff = next(((a, b) for a, b in zip(got, graph.outputs) if a != b), (got[:1], graph.outputs[:1]))
+    if len(got) != len(graph.outputs) or not all(_fits(a, b) for a, b in zip(got, graph.outputs)):
+        diff = next(((a, b) for a, b in zip(got, graph.outputs) if not _fits(a, b)), (got[:1], graph.outputs[:1]))
         raise SurgeryError(f"internal: the pruned {type(model).__name__} returns {diff[0]} where it "
                            f"returned {diff[1]} (layers changed: {', '.join(sorted(changed)[:5])}); "
                            f"the model was not returned")
