@@ -1,7 +1,10 @@
 """Engine benchmark: secateur against Torch-Pruning 1.6.1, side by side in one process.
 
-    .venv/bin/python benchmarks/engine.py [--quick]
+    .venv/bin/python benchmarks/engine.py [--quick] [--only tracers|reach|coverage|speed|latency]
 
+0. Tracers: which mechanism reads which model (torch.fx, torch.export non-strict, secateur's own);
+   reach: the models users bring (detectors, segmenters, YOLO, timm) pruned by both tools; see
+   ``_reach.py``.
 1. Coverage: every model of tests/zoo.py (slow ones skipped under --quick) pruned to 50% MACs with L1
    by each tool: did it work, does the pruned model run and give the right output shape (and finite
    values), MAC and parameter ratios, the tool's wall time.
@@ -37,7 +40,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch_pruning as tp
 import torchvision
 from torch import nn
 from torch.fx.experimental.optimization import fuse
@@ -50,105 +52,15 @@ from zoo import ZOO, calibrate  # noqa: E402
 
 from _common import (error_line, fmt, interleaved_latency, print_table, row, setup,  # noqa: E402
                      write_results)
+from _reach import reach, tracers  # noqa: E402
+from _tp import TARGET, TP_STEPS, macs_of, secateur_l1, tp_one_shot, tp_progressive, tp_search  # noqa: E402
 
-TARGET = 0.5          # fraction of MACs to keep
 TOLERANCE = 0.02      # a pruned model at most this far over the target still counts as reaching it
-TP_STEPS = 200        # Torch-Pruning's iterative steps: each removes 0.5% of every group's channels
 LATENCY_MODELS = ("resnet50", "vgg16_bn", "mobilenet_v2")
 LAYOUTS = {"default": (torch.contiguous_format, False), "channels_last": (torch.channels_last, False),
            "channels_last+fold": (torch.channels_last, True)}   # (memory format, BN folded into convs)
 
 Pruner = Callable[[nn.Module, torch.Tensor], nn.Module]
-
-
-@torch.no_grad()
-def macs_of(model: nn.Module, x: torch.Tensor) -> int:
-    """MACs as ``secateur.measure`` counts them (its counter, without the timing and file size)."""
-    return count_macs(model.eval(), (x,))
-
-
-# -- the two tools ---------------------------------------------------------------------------------
-
-def last_layer(model: nn.Module, x: torch.Tensor) -> nn.Module:
-    """The last conv/linear module to run on ``x``: the classifier that makes the output."""
-    ran: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda m, i, o: ran.append(m)) for m in model.modules()
-             if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            model.eval()(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return ran[-1]
-
-
-def secateur_l1(round_to: int = 1) -> Pruner:
-    def run(model: nn.Module, x: torch.Tensor) -> nn.Module:
-        return secateur.prune(model, x, secateur.criteria.L1(), target_macs=TARGET, round_to=round_to)
-    return run
-
-
-def tp_pruner(model: nn.Module, x: torch.Tensor, ratio: float, steps: int) -> tp.pruner.MetaPruner:
-    return tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=1),
-                                pruning_ratio=ratio, iterative_steps=steps,
-                                ignored_layers=[last_layer(model, x)])
-
-
-def tp_progressive(model: nn.Module, x: torch.Tensor, steps: int = TP_STEPS) -> nn.Module:
-    """Torch-Pruning to the MAC target: one small step at a time, counting MACs after each."""
-    model = copy.deepcopy(model).eval()
-    budget = TARGET * macs_of(model, x)
-    pruner = tp_pruner(model, x, 1.0, steps)  # builds its graph with autograd: not under no_grad
-    for step in range(1, steps + 1):
-        pruner.step()
-        if macs_of(model, x) <= budget:
-            break
-    model.tp_ratio = step / steps
-    return model
-
-
-def tp_one_shot(model: nn.Module, x: torch.Tensor, ratio: float) -> nn.Module:
-    """Torch-Pruning in one step at channel ratio ``ratio``, on a copy of ``model``."""
-    model = copy.deepcopy(model).eval()
-    tp_pruner(model, x, ratio, 1).step()
-    return model
-
-
-def tp_search(model: nn.Module, x: torch.Tensor, band: float = 0.005, tol: float = 0.005,
-              probes: int = 12) -> nn.Module:
-    """Torch-Pruning to the MAC target by searching its ``pruning_ratio``: one-shot prunes of fresh
-    copies, the ratio bracketed and interpolated, until the MACs kept are in [TARGET - band, TARGET]
-    or the bracket is narrower than ``tol``. MACs fall roughly as (1 - ratio)^2, so the guesses
-    interpolate sqrt(MACs) linearly; it usually takes 2 to 4 prunes. Returns the best prune that
-    meets the target (largest MACs), with ``tp_ratio`` and ``tp_probes`` set on it."""
-    base = macs_of(model, x)
-    lo, lo_root = 0.0, 1.0             # ratio and sqrt(MAC ratio) known to be over the target
-    hi, hi_root, best = None, None, None
-    goal = TARGET ** 0.5
-    for probe in range(1, probes + 1):
-        if hi is None:
-            guess = 1 - (1 - lo) * goal / lo_root
-        else:
-            guess = lo + (hi - lo) * (lo_root - goal) / (lo_root - hi_root)
-        span = (hi if hi is not None else 1.0) - lo
-        ratio = min(max(guess, lo + 0.1 * span), lo + 0.9 * span) if probe > 1 else guess
-        pruned = tp_one_shot(model, x, ratio)
-        kept = macs_of(pruned, x) / base
-        if kept <= TARGET:
-            hi, hi_root, best = ratio, kept ** 0.5, pruned
-            if kept >= TARGET - band:
-                break
-        else:
-            lo, lo_root = ratio, kept ** 0.5
-        if hi is not None and hi - lo < tol:
-            break
-    if best is None:
-        raise RuntimeError(f"target not reached: pruning_ratio {lo:.3f} keeps {lo_root ** 2:.3f} of the MACs")
-    best.tp_ratio, best.tp_probes = hi, probe
-    return best
-
-
 def tools() -> dict[str, Pruner]:
     return {"secateur": secateur_l1(), "torch-pruning": tp_search}
 
@@ -371,17 +283,22 @@ def prune_variants(name: str, base: nn.Module, x: torch.Tensor, batch: int):
     return info, pruned
 
 
+SECTIONS = {"tracers": tracers, "reach": reach, "coverage": coverage, "speed": tool_speed, "latency": latency}
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="skip slow models, small inputs, fewer runs")
+    parser.add_argument("--only", choices=sorted(SECTIONS), help="run one section (results: engine_<section>.json)")
     args = parser.parse_args(argv[1:])
     setup()
     start, rows = time.perf_counter(), []
-    for section in (coverage, tool_speed, latency):
+    for section in [SECTIONS[args.only]] if args.only else SECTIONS.values():
         began = time.perf_counter()
         rows += section(args.quick)
         print(f"   ({section.__name__}: {time.perf_counter() - began:.0f} s)", flush=True)
-    path = write_results("engine_quick" if args.quick else "engine", rows, argv)
+    name = "engine" + (f"_{args.only}" if args.only else "") + ("_quick" if args.quick else "")
+    path = write_results(name, rows, argv)
     print(f"\nwrote {path} in {time.perf_counter() - start:.0f} s")
 
 

@@ -37,7 +37,7 @@ def _removed(name, **target):
     model, x = _model(name)
     graph = secateur.trace(model, x)
     scores = {g.index: L1()(g, model) for g in graph.prunable}
-    facts = layer_facts(graph, model)
+    facts = layer_facts(graph)
     plan = _planner.make_plan(graph, scores, Target(**target), facts)
     masks = plan.unit_masks(graph)
     removed = {g: int((~masks[g]).sum()) if g in masks else 0 for g in scores}
@@ -68,7 +68,7 @@ def test_incremental_macs_match_estimate_macs():
     model, x = _model("densenet40")   # concatenations: one group feeds many layers' inputs
     graph = secateur.trace(model, x)
     scores = {g.index: L1()(g, model) for g in graph.prunable}
-    facts = layer_facts(graph, model)
+    facts = layer_facts(graph)
     gs = _planner._Groups(graph, scores, Target(macs=0.5, round_to=2))
     r = {g: gs.rounded(g, gs.sizes[g] // 2) for g in gs.ids}
     book = _planner._MacBook(graph, facts, gs, r)

@@ -230,3 +230,42 @@ def test_a_pruned_model_that_crashes_is_never_returned() -> None:
     keep = {g.index: np.arange(g.size // 2) for g in graph.prunable}
     with pytest.raises(secateur.SurgeryError, match=r"fails in 'head' \(Conv2d\).*channel group #"):
         secateur.apply(broken, graph, secateur.Plan(keep))
+
+
+class StdConv(nn.Conv2d):
+    """timm's ScaledStdConv2d: a gain per output channel, each filter standardised over its fan-in."""
+
+    def __init__(self, i: int, o: int) -> None:
+        super().__init__(i, o, 3, padding=1)
+        self.gain = nn.Parameter(torch.linspace(0.5, 1.5, o).reshape(o, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.reshape(self.out_channels, -1)
+        w = (w - w.mean(1, keepdim=True)) / (w.std(1, keepdim=True) + 1e-5)
+        return nn.functional.conv2d(x, w.reshape_as(self.weight) * self.gain, self.bias, padding=1)
+
+
+class StdNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = StdConv(3, 8), StdConv(8, 8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.b(self.a(x).relu()).relu())
+
+
+def test_a_conv_subclass_has_its_own_tensors_sliced_and_its_inputs_marked_inexact() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    model = StdNet().eval()
+    graph = secateur.trace(model, x)
+    a, b = _group_of(graph, "a"), _group_of(graph, "b")
+    assert a.prunable and not a.exact          # b standardises over its fan-in: a's channels are inexact
+    assert b.prunable and b.exact              # b's outputs feed a plain conv: exact, gain sliced
+    silenced, keep = copy.deepcopy(model), {b.index: np.arange(2, 8)}
+    secateur.silence(silenced, b, np.arange(2))
+    pruned = secateur.apply(copy.deepcopy(silenced), graph, secateur.Plan(keep))
+    assert pruned.b.gain.shape == (6, 1, 1, 1) and pruned.b.out_channels == 6
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), silenced(x), rtol=1e-4, atol=1e-5)
+    small = secateur.prune(model, x, L1(), amount=0.5)   # inexact groups still give a working model
+    assert small(x).shape == (2, 4, 8, 8) and small.a.gain.shape[0] == small.a.out_channels == 4

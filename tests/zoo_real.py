@@ -7,13 +7,17 @@ exactness is judged on ``probes``: the modules whose outputs feed the post-proce
 """
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
+
+import secateur
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
@@ -115,10 +119,47 @@ def real_zoo() -> list[RealEntry]:
     ]
 
 
-def real_params() -> list:
-    """The zoo as pytest params; empty (one skip) when the zoo extra is not installed."""
+def real_params(slow: bool = True) -> list:
+    """The zoo as pytest params (without the slow entries unless ``slow``); one skip when the zoo
+    extra is not installed."""
     try:
-        entries = real_zoo()
+        entries = [e for e in real_zoo() if slow or not e.slow]
     except ImportError as exc:
         return [pytest.param(None, marks=pytest.mark.skip(reason=f"pip install -e '.[zoo]' ({exc.name})"))]
     return [pytest.param(e, id=e.name, marks=[pytest.mark.slow] if e.slow else []) for e in entries]
+
+
+def flat(value) -> list[torch.Tensor]:
+    """Every tensor in a (nested) tuple, list or dict output."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in flat(v)]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in flat(v)]
+    return []
+
+
+def outputs(model: nn.Module, x: tuple, probes: tuple[str, ...] = ()) -> list[torch.Tensor]:
+    """The model's output tensors on ``x``, or those of the ``probes`` modules."""
+    seen: list[torch.Tensor] = []
+    hooks = [model.get_submodule(p).register_forward_hook(lambda m, a, out: seen.extend(flat(out)))
+             for p in probes]
+    try:
+        with torch.no_grad():
+            out = model(*x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen if probes else flat(out)
+
+
+def silence_and_cut(model: nn.Module, graph, seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """(copy with a third of every exact prunable group silenced, that copy with exactly those cut)."""
+    rng = np.random.default_rng(seed)
+    silenced, keep = copy.deepcopy(model), {}
+    for g in (g for g in graph.prunable if g.exact):
+        units = np.sort(rng.choice(g.size, size=max(1, g.size // 3), replace=False))
+        secateur.silence(silenced, g, units)
+        keep[g.index] = np.setdiff1d(np.arange(g.size), units)
+    return silenced, secateur.apply(copy.deepcopy(silenced), graph, secateur.Plan(keep))

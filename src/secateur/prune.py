@@ -18,7 +18,7 @@ def plan_pruning(model: nn.Module, graph: Graph, criterion: Criterion, target: T
 
     A data-driven criterion (one with ``bind``) first records ``data``, a calibration loader.
     """
-    return make_plan(graph, score(model, graph, criterion, data), target, layer_facts(graph, model))
+    return make_plan(graph, score(model, graph, criterion, data), target, layer_facts(graph))
 
 
 def score(model: nn.Module, graph: Graph, criterion: Criterion, data=None) -> dict[int, np.ndarray]:
@@ -59,7 +59,7 @@ def plan_per_layer(model: nn.Module, graph: Graph, criterion: Criterion, ratios:
     for r in sorted(set(rate.values())):
         part = {g: scores[g] for g, v in rate.items() if v == r and g in scores}
         target = Target(amount=r, min_channels=min_channels, round_to=round_to)
-        keep.update(make_plan(graph, part, target, layer_facts(graph, model)).keep)
+        keep.update(make_plan(graph, part, target, layer_facts(graph)).keep)
     return Plan(keep)
 
 

@@ -54,7 +54,7 @@ def _weighted(w: Walker, n: fx.Node, m: nn.Module, x: TInfo, xval: torch.Tensor,
                 for ids, per in ((in_ids, per_in), (out_ids, per_out)):
                     rows = ids.reshape(groups, per)
                     w.tie(np.broadcast_to(rows[:1], rows.shape), rows)
-    w.rec.calls.append(Call(name, out.numel() // c_out))
+    w.rec.calls.append(Call(name, out.numel() // c_out, c_in, c_out, groups, h.taps(m)))
     return out_info
 
 

@@ -36,7 +36,11 @@ class Site:
 
 @dataclass(frozen=True)
 class Call:
-    """One call of a weighted layer, for estimating MACs without running the model."""
+    """One call of a weighted layer, with its layer facts, for estimating MACs without the model."""
 
     module: str
     positions: int   # output positions per output channel (batch x spatial)
+    c_in: int = 0
+    c_out: int = 0
+    groups: int = 1
+    taps: int = 1    # multiply-adds per output value per input channel of a group (kernel size)

@@ -148,7 +148,7 @@ def _keep_counts(model: nn.Module, x, config: _Layerwise) -> dict[str, int]:
     scores = {g.index: np.zeros(g.size) for g in chosen.values()}
     target = Target(amount=config.amount, macs=config.macs, min_channels=config.min_channels,
                     round_to=config.round_to)
-    plan = make_plan(graph, scores, target, layer_facts(graph, model))
+    plan = make_plan(graph, scores, target, layer_facts(graph))
     return {n: len(plan.keep.get(g.index, range(g.size))) for n, g in chosen.items()}
 
 

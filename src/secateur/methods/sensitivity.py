@@ -34,7 +34,7 @@ def sensitivity(model: nn.Module, example_inputs, eval_loader, *, criterion: Cri
     model = copy.deepcopy(model).eval()
     graph = trace(model, example_inputs, ignore=ignore)
     scores = score(model, graph, criterion, data)
-    facts = layer_facts(graph, model)
+    facts = layer_facts(graph)
     base = evaluate(model, eval_loader)["acc"]
     curves = {}
     groups = [g for g in graph.prunable if g.index in scores and g.modules(Role.OUT)]

@@ -10,7 +10,6 @@ import numpy as np
 from torch import nn
 
 from ..graph import Graph, Role, Site
-from ..layers import handler_for
 
 
 @dataclass(frozen=True)
@@ -76,13 +75,9 @@ class _Layer:
     kernel: int
 
 
-def layer_facts(graph: Graph, model: nn.Module) -> dict[str, _Layer]:
-    facts = {}
-    for call in graph.calls:
-        m = model.get_submodule(call.module)
-        h = handler_for(m)
-        facts[call.module] = _Layer(*h.io(m), h.taps(m))
-    return facts
+def layer_facts(graph: Graph, model: nn.Module | None = None) -> dict[str, _Layer]:
+    """Each weighted layer's widths and kernel, as the trace recorded them (``model`` is not needed)."""
+    return {call.module: _Layer(call.c_in, call.c_out, call.groups, call.taps) for call in graph.calls}
 
 
 def estimate_macs(graph: Graph, facts: Mapping[str, _Layer], masks: Mapping[int, np.ndarray]) -> int:
