@@ -103,6 +103,9 @@ def _dump(path: Path, obj, indent: int | None = None) -> Path:
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=indent, default=_jsonable)
         f.write("\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes it 0600: results are for everyone to read
     os.replace(tmp, path)
     return path
 

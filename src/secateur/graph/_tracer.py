@@ -101,6 +101,14 @@ def _holds_proxies(a) -> bool:
     return any(isinstance(v, fx.Proxy) for v in vars(a).values())
 
 
+def _constant(obj):
+    """A graph-callable that returns ``obj`` itself."""
+    def constant():
+        return obj
+    constant.__name__ = constant.__qualname__ = f"{type(obj).__name__}_constant"
+    return constant
+
+
 _REBUILDERS: dict[type, Any] = {}
 
 
@@ -189,7 +197,12 @@ class ConcreteTracer(fx.Tracer):
     def create_arg(self, a):
         if _holds_proxies(a):   # an object carrying proxies into a leaf: build it in the graph
             return self.create_proxy("call_function", _rebuilder(type(a)), (dict(vars(a)),), {}).node
-        return super().create_arg(a)
+        try:
+            return super().create_arg(a)
+        except NotImplementedError:   # a plain object (torchvision's LevelMapper): a constant of the graph
+            if isinstance(a, (fx.Proxy, torch.Tensor, nn.Module)) or not hasattr(a, "__dict__"):
+                raise
+            return self.create_proxy("call_function", _constant(a), (), {}).node
 
     def proxy(self, node: fx.Node) -> ConcreteProxy:
         return ConcreteProxy(node, self)
