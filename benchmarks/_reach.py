@@ -119,8 +119,8 @@ def run_job(name: str, tool: str, target: str, limit: float = LIMIT_S) -> dict:
                          tool_seconds=time.perf_counter() - start, error=f"no result in {limit:.0f} s (killed)")
 
 
-def reach(quick: bool) -> list[dict]:
-    entries = [e for e in real_zoo() if not (quick and e.slow)]
+def reach(quick: bool, models: tuple[str, ...] = ()) -> list[dict]:
+    entries = [e for e in real_zoo() if not (quick and e.slow) and (not models or any(m in e.name for m in models))]
     rows = []
     for entry in entries:
         for target in ("amount", "macs"):

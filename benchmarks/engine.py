@@ -290,15 +290,17 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="skip slow models, small inputs, fewer runs")
     parser.add_argument("--only", choices=sorted(SECTIONS), help="run one section (results: engine_<section>.json)")
+    parser.add_argument("--models", nargs="+", default=(),
+                        help="with --only reach: rerun the models whose names contain these; other rows are kept")
     args = parser.parse_args(argv[1:])
     setup()
     start, rows = time.perf_counter(), []
     for section in [SECTIONS[args.only]] if args.only else SECTIONS.values():
         began = time.perf_counter()
-        rows += section(args.quick)
+        rows += section(args.quick, tuple(args.models)) if args.models and section is reach else section(args.quick)
         print(f"   ({section.__name__}: {time.perf_counter() - began:.0f} s)", flush=True)
     name = "engine" + (f"_{args.only}" if args.only else "") + ("_quick" if args.quick else "")
-    path = write_results(name, rows, argv)
+    path = write_results(name, rows, argv, keep_others=bool(args.models))
     print(f"\nwrote {path} in {time.perf_counter() - start:.0f} s")
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..layers import is_weighted
 from . import _walk
-from ._walk import flat_tensors
+from ._values import flat_tensors
 from ._tracer import ComputeError, ModuleTraceFailure, concrete_trace
 
 

@@ -26,6 +26,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..layers import is_weighted
+from ._preserve import restore, snapshot
 from . import _ops
 
 # Tensor attributes and methods whose values never change when channels are removed: answered with
@@ -279,52 +280,7 @@ class ConcreteTracer(fx.Tracer):
         return super().keys(obj)
 
 
-_MISSING = object()
 _unpatched = fx._symbolic_trace._maybe_revert_all_patches   # torch has no public name for it
-
-
-def _snapshot(model: nn.Module) -> dict[nn.Module, dict]:
-    """Each module's attribute dict and its parameter/buffer/child tables, shallow-copied."""
-    return {m: {k: (dict(v) if k in ("_parameters", "_buffers", "_modules") else v)
-                for k, v in vars(m).items()} for m in model.modules()}
-
-
-def _restore(snapshot: dict[nn.Module, dict]) -> None:
-    """Undo attributes that a forward set on the modules (Ultralytics' Detect caches anchors)."""
-    for m, saved in snapshot.items():
-        state = vars(m)
-        for k in [k for k in state if k not in saved]:
-            del state[k]
-        for k, v in saved.items():
-            if k in ("_parameters", "_buffers", "_modules"):
-                if state[k] != v:
-                    state[k].clear()
-                    state[k].update(v)
-            elif state.get(k, _MISSING) is not v:
-                state[k] = v
-
-
-class preserved:
-    """Context: run the model in eval mode without gradients, then put back every module's mode
-    and every attribute its forward set."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self):
-        self.snapshot = _snapshot(self.model)
-        self.modes = {m: m.training for m in self.model.modules()}
-        self.grad = torch.no_grad()
-        self.grad.__enter__()
-        self.model.eval()
-        return self
-
-    def __exit__(self, *exc):
-        self.grad.__exit__(*exc)
-        _restore(self.snapshot)
-        for m, mode in self.modes.items():
-            m.training = mode
-        return False
 
 
 # Factories whose size/data arguments may hold proxies that torch's argument parser does not
@@ -383,7 +339,7 @@ def concrete_trace(model: nn.Module, inputs: tuple, opaque: set[str],
     """Trace ``model`` on ``inputs`` (inside :class:`preserved`). Returns the graph module and the
     guard nodes' names. Raises :class:`ModuleTraceFailure` naming the innermost module that failed."""
     tracer = ConcreteTracer(_clone(inputs), opaque, methods)
-    saved = _snapshot(model)   # a forward may cache proxies on its modules (torchvision's poolers)
+    saved = snapshot(model)   # a forward may cache proxies on its modules (torchvision's poolers)
     try:
         with _patched(tracer, model):
             graph = tracer.trace(model, _defaults_after(model, len(inputs)))
@@ -391,7 +347,7 @@ def concrete_trace(model: nn.Module, inputs: tuple, opaque: set[str],
     except Exception as exc:
         raise _failure(model, exc) from exc
     finally:
-        _restore(saved)
+        restore(saved)
     return gm, [n.name for n in tracer.guards if n.graph is graph]
 
 

@@ -22,6 +22,7 @@ from ..forward import signature
 from . import _ops, _sizes
 from ._movement import constrain
 from ._types import Call, Role, Site
+from ._values import data_sized, flat_tensors, has_tensor, mutable, rebuild, same_objects
 
 
 class InputError(ValueError):
@@ -64,21 +65,6 @@ def _along(t: TInfo, dim: int, size: int) -> np.ndarray | None:
     if t.dims == () and size == 1:
         return t.ids.reshape(1)
     return None
-
-
-def flat_tensors(value) -> list[torch.Tensor]:
-    """Every tensor in a (nested) tuple, list or dict."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in flat_tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in flat_tensors(v)]
-    return []
-
-
-def _has_tensor(value) -> bool:
-    return bool(flat_tensors(value))
 
 
 def _varying(lab: torch.Tensor) -> tuple[int, ...]:
@@ -165,7 +151,7 @@ class Walker(fx.Interpreter):
 
     # ---------------------------------------------------------------- interpreter
     def run_node(self, n: fx.Node):
-        args, kwargs = _mutable(self.fetch_args_kwargs_from_env(n))
+        args, kwargs = mutable(self.fetch_args_kwargs_from_env(n))
         try:
             out = getattr(self, n.op)(n.target, args, kwargs)
         except Exception as exc:
@@ -173,7 +159,7 @@ class Walker(fx.Interpreter):
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise InputError(f"{what}: {first}") from exc
         self.info[n] = self.analyse(n, args, kwargs, out)
-        if n.op != "output" and (_data_sized(n, args) or any(a in self.dynamic for a in n.all_input_nodes)
+        if n.op != "output" and (data_sized(n, args) or any(a in self.dynamic for a in n.all_input_nodes)
                                  or n.op == "call_module" and str(n.target) in self.opaque):
             self.dynamic.add(n)
         if n.name in self.guards:
@@ -212,7 +198,7 @@ class Walker(fx.Interpreter):
         if n.op == "call_module":
             from ._modules import analyse_module
             return analyse_module(self, n, args, out)
-        if n.op in ("call_function", "call_method") and not _has_tensor(out):
+        if n.op in ("call_function", "call_method") and not has_tensor(out):
             return _sizes.provenance(self, n, args, kwargs, out)
         kind = _ops.kind_of(n.op, n.target)
         handler = getattr(self, f"_{kind}")
@@ -224,10 +210,10 @@ class Walker(fx.Interpreter):
 
     def _unknown(self, n, args, kwargs, out, why: str | None = None):
         ins = self.arg_info((n.args, n.kwargs))
-        if not _has_tensor(out):
+        if not has_tensor(out):
             return None  # sizes, dims, Python numbers: no channels flow through them
         if why is None:
-            same = _same_objects(args, ins, out)
+            same = same_objects(args, ins, out)
             if same is not None:   # it hands back its input tensors themselves (picks from a dict)
                 return same
         if why is None:   # code we cannot read: its output's sizes may depend on the data
@@ -332,7 +318,7 @@ class Walker(fx.Interpreter):
         if any(t.dtype != torch.int64 or t.numel() == 0 for t in flat_tensors(res)):
             return self._unknown(n, args, kwargs, out)
         flat = [_labels_to_info(r, w) for r, w in zip(flat_tensors(res), flat_tensors(where))]
-        infos = _rebuild(res, iter(flat))
+        infos = rebuild(res, iter(flat))
         source = next((self.info.get(a) for a in n.all_input_nodes
                        if isinstance(self.info.get(a), TInfo)), None)
         if source is not None:
@@ -382,80 +368,6 @@ def _param_view(w: Walker, n: fx.Node, module) -> TInfo | None:
     if res.shape[d] != t.shape[pd] or not torch.equal(line, torch.arange(t.shape[pd])):
         return None
     return TInfo(tuple(res.shape), attr=t.attr, attr_dim=pd)
-
-
-_DATA_SIZED = {"nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "nms", "batched_nms"}
-
-
-def _data_sized(n: fx.Node, args) -> bool:
-    """An op whose output size is set by tensor values: nonzero, NMS, indexing with a tensor."""
-    name = n.target if n.op == "call_method" else getattr(n.target, "__name__", "")
-    if name in _DATA_SIZED or (name == "where" and len(args) == 1):
-        return True
-    if name in ("getitem", "__getitem__") and len(args) > 1:
-        index = args[1] if isinstance(args[1], tuple) else (args[1],)
-        return any(isinstance(i, torch.Tensor) for i in index)
-    return False
-
-
-def _same_objects(args, infos, out):
-    """``out`` with each tensor's info when every output tensor is one of the input tensors, else None."""
-    known: dict[int, object] = {}
-
-    def collect(value, info):
-        if isinstance(value, torch.Tensor):
-            if isinstance(info, TInfo):
-                known[id(value)] = info
-        elif isinstance(value, (tuple, list)) and isinstance(info, (tuple, list)) and len(value) == len(info):
-            for v, i in zip(value, info):
-                collect(v, i)
-        elif isinstance(value, dict) and isinstance(info, dict):
-            for k in value:
-                collect(value[k], info.get(k))
-
-    collect(args, infos[0] if isinstance(infos, tuple) and len(infos) == 2 else infos)
-
-    def rebuild(value):
-        if isinstance(value, torch.Tensor):
-            if id(value) not in known:
-                raise KeyError
-            return known[id(value)]
-        if isinstance(value, (tuple, list)):
-            return tuple(rebuild(v) for v in value)
-        if isinstance(value, dict):
-            return {k: rebuild(v) for k, v in value.items()}
-        return None
-
-    try:
-        return rebuild(out)
-    except KeyError:
-        return None
-
-
-def _mutable(a):
-    """fx hands args over as immutable lists and dicts; code that mutates its inputs needs real ones."""
-    if isinstance(a, fx.immutable_collections.immutable_list):
-        return [_mutable(x) for x in a]
-    if isinstance(a, fx.immutable_collections.immutable_dict):
-        return {k: _mutable(v) for k, v in a.items()}
-    if isinstance(a, tuple) and type(a) is tuple:
-        return tuple(_mutable(x) for x in a)
-    if type(a) is list:
-        return [_mutable(x) for x in a]
-    if type(a) is dict:
-        return {k: _mutable(v) for k, v in a.items()}
-    return a
-
-
-def _rebuild(value, infos):
-    """``value``'s structure with every tensor replaced by the next of ``infos``."""
-    if isinstance(value, torch.Tensor):
-        return next(infos)
-    if isinstance(value, (tuple, list)):
-        return tuple(_rebuild(v, infos) for v in value)
-    if isinstance(value, dict):
-        return {k: _rebuild(v, infos) for k, v in value.items()}
-    return None
 
 
 def run(gm: fx.GraphModule, example_inputs: tuple, opaque: set[str], guards: Iterable[str] = (), *,

@@ -12,8 +12,8 @@ from torch import nn
 
 from . import _walk
 from ._partial import TraceError, detached, freeze_tied, walk
-from ._walk import flat_tensors
-from ._tracer import preserved
+from ._values import flat_tensors
+from ._preserve import preserved
 from ._types import Call, Role, Site
 
 _ROLE_ORDER = {Role.OUT: 0, Role.NORM: 1, Role.PARAM: 2, Role.IN: 3}
