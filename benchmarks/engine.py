@@ -45,7 +45,8 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 
 import secateur
-from secateur.measure import count_macs, count_params
+from secateur.forward import flat_tensors
+from secateur.measure import count_params
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from zoo import ZOO, calibrate  # noqa: E402
@@ -68,20 +69,11 @@ def tools() -> dict[str, Pruner]:
 # -- 1. coverage -----------------------------------------------------------------------------------
 
 def shapes(out) -> list[tuple[int, ...]]:
-    if isinstance(out, torch.Tensor):
-        return [tuple(out.shape)]
-    if isinstance(out, (tuple, list)):
-        return [s for o in out for s in shapes(o)]
-    if isinstance(out, dict):
-        return [s for o in out.values() for s in shapes(o)]
-    return []
+    return [tuple(t.shape) for t in flat_tensors(out)]
 
 
 def finite(out) -> bool:
-    if isinstance(out, torch.Tensor):
-        return bool(torch.isfinite(out).all())
-    items = out.values() if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else []
-    return all(finite(o) for o in items)
+    return all(bool(torch.isfinite(t).all()) for t in flat_tensors(out))
 
 
 def fingerprint(model: nn.Module) -> list:

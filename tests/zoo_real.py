@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 import secateur
+from secateur.forward import flat_tensors
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
@@ -129,21 +130,10 @@ def real_params(slow: bool = True) -> list:
     return [pytest.param(e, id=e.name, marks=[pytest.mark.slow] if e.slow else []) for e in entries]
 
 
-def flat(value) -> list[torch.Tensor]:
-    """Every tensor in a (nested) tuple, list or dict output."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in flat(v)]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in flat(v)]
-    return []
-
-
 def outputs(model: nn.Module, x: tuple, probes: tuple[str, ...] = ()) -> list[torch.Tensor]:
     """The model's output tensors on ``x``, or those of the ``probes`` modules."""
     seen: list[torch.Tensor] = []
-    hooks = [model.get_submodule(p).register_forward_hook(lambda m, a, out: seen.extend(flat(out)))
+    hooks = [model.get_submodule(p).register_forward_hook(lambda m, a, out: seen.extend(flat_tensors(out)))
              for p in probes]
     try:
         with torch.no_grad():
@@ -151,7 +141,7 @@ def outputs(model: nn.Module, x: tuple, probes: tuple[str, ...] = ()) -> list[to
     finally:
         for h in hooks:
             h.remove()
-    return seen if probes else flat(out)
+    return seen if probes else flat_tensors(out)
 
 
 def silence_and_cut(model: nn.Module, graph, seed: int = 0) -> tuple[nn.Module, nn.Module]:

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ForwardFailure", "checked_forward", "shape_of", "signature", "tracked_forward"]
+__all__ = ["ForwardFailure", "checked_forward", "flat_tensors", "map_tensors", "shape_of", "signature",
+           "tracked_forward"]
 
 _FORWARD_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
 
@@ -53,6 +54,28 @@ def _where(name: str, module: nn.Module, args: Sequence[Any]) -> str:
         if (want := _expected(module, first.shape)) is not None and want != tuple(first.shape):
             text += f" but expects {want}"
     return text
+
+
+def flat_tensors(value) -> list[torch.Tensor]:
+    """Every tensor in a (nested) tuple, list or dict, in order."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in flat_tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in flat_tensors(v)]
+    return []
+
+
+def map_tensors(fn, value):
+    """``value`` with ``fn`` applied to every tensor in it (tuples, lists and dicts keep their types)."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(map_tensors(fn, v) for v in value)
+    if isinstance(value, dict):
+        return {k: map_tensors(fn, v) for k, v in value.items()}
+    return value
 
 
 def signature(value, path: str = "output") -> list[tuple[str, object]]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import inspect
 
-import torch
 from torch import nn
 
+from ..forward import map_tensors
 from ..layers import is_weighted
 from . import _walk
 from ._values import flat_tensors
@@ -63,11 +63,8 @@ def _trace_graph(model: nn.Module, inputs: tuple, opaque: set[str], auto: dict[s
 
 
 def detached(value):
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, (tuple, list)):
-        return type(value)(detached(v) for v in value)
-    return value
+    """A copy of the (nested) inputs that no later in-place op or autograd graph can reach."""
+    return map_tensors(lambda t: t.detach().clone(), value)
 
 
 def freeze_tied(model: nn.Module, rec: _walk.Record) -> None:

@@ -25,6 +25,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from ..forward import map_tensors
 from ..layers import is_weighted
 from ._preserve import restore, snapshot
 from . import _ops
@@ -153,9 +154,7 @@ class ConcreteProxy(fx.Proxy):
     def __getattr__(self, k: str):
         if k.startswith("__") and k.endswith("__"):   # protocol probes (__cuda_array_interface__, ...)
             raise AttributeError(k)
-        if k in _STATIC_ATTRS:
-            return getattr(self.value, k)
-        if k in _STATIC_METHODS:
+        if k in _STATIC_ATTRS or k in _STATIC_METHODS:
             return getattr(self.value, k)
         return ConcreteAttribute(self, k)
 
@@ -338,7 +337,7 @@ def concrete_trace(model: nn.Module, inputs: tuple, opaque: set[str],
                    methods: set[tuple[str, str]] = frozenset()) -> tuple[fx.GraphModule, list[str]]:
     """Trace ``model`` on ``inputs`` (inside :class:`preserved`). Returns the graph module and the
     guard nodes' names. Raises :class:`ModuleTraceFailure` naming the innermost module that failed."""
-    tracer = ConcreteTracer(_clone(inputs), opaque, methods)
+    tracer = ConcreteTracer(map_tensors(torch.clone, inputs), opaque, methods)
     saved = snapshot(model)   # a forward may cache proxies on its modules (torchvision's poolers)
     try:
         with _patched(tracer, model):
@@ -360,12 +359,4 @@ def _defaults_after(model: nn.Module, given: int) -> dict[str, Any] | None:
     return fixed or None
 
 
-def _clone(a):
-    if isinstance(a, torch.Tensor):
-        return a.clone()
-    if isinstance(a, (tuple, list)):
-        return type(a)(_clone(x) for x in a)
-    if isinstance(a, dict):
-        return {k: _clone(v) for k, v in a.items()}
-    return a
 

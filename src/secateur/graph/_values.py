@@ -4,16 +4,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-
-def flat_tensors(value) -> list[torch.Tensor]:
-    """Every tensor in a (nested) tuple, list or dict."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in flat_tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in flat_tensors(v)]
-    return []
+from ..forward import flat_tensors
 
 
 def has_tensor(value) -> bool:
@@ -51,19 +42,19 @@ def same_objects(args, infos, out):
 
     collect(args, infos[0] if isinstance(infos, tuple) and len(infos) == 2 else infos)
 
-    def rebuild(value):
+    def pick(value):
         if isinstance(value, torch.Tensor):
             if id(value) not in known:
                 raise KeyError
             return known[id(value)]
         if isinstance(value, (tuple, list)):
-            return tuple(rebuild(v) for v in value)
+            return tuple(pick(v) for v in value)
         if isinstance(value, dict):
-            return {k: rebuild(v) for k, v in value.items()}
+            return {k: pick(v) for k, v in value.items()}
         return None
 
     try:
-        return rebuild(out)
+        return pick(out)
     except KeyError:
         return None
 

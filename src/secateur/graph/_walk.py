@@ -112,7 +112,7 @@ class Walker(fx.Interpreter):
     def freeze(self, value, reason: str) -> None:
         for t in self._tensors(value):
             if t.ids is not None:
-                self.rec.frozen.append((t.ids.ravel(), reason))
+                self.freeze_ids(t.ids, reason)
 
     def _tensors(self, value) -> list[TInfo]:
         if isinstance(value, TInfo):
@@ -216,8 +216,7 @@ class Walker(fx.Interpreter):
             same = same_objects(args, ins, out)
             if same is not None:   # it hands back its input tensors themselves (picks from a dict)
                 return same
-        if why is None:   # code we cannot read: its output's sizes may depend on the data
-            self.dynamic.add(n)
+            self.dynamic.add(n)   # code we cannot read: its output's sizes may depend on the data
         reason = why or f"unsupported op {_ops.op_name(n.op, n.target)} at node '{n.name}'"
         self.freeze(ins, reason)
         return self.new_info(out, reason)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..forward import ForwardFailure, signature, tracked_forward
+from ..forward import ForwardFailure, map_tensors, signature, tracked_forward
 from ..graph import Graph
 
 
@@ -28,20 +28,12 @@ def _fits(got: tuple, want: tuple) -> bool:
     return len(shape) == len(want_shape) and all(w in (-1, s) for s, w in zip(shape, want_shape))
 
 
-def _to(value, device):
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to(v, device) for v in value)
-    return value
-
-
 def verify(model: nn.Module, graph: Graph, changed: set[str]) -> None:
     """Run ``model`` (just pruned) on the graph's example inputs and compare output shapes."""
     if graph.example_inputs is None:
         return
     device = next((p.device for p in model.parameters()), None)
-    inputs = _to(graph.example_inputs, device) if device is not None else graph.example_inputs
+    inputs = map_tensors(lambda t: t.to(device), graph.example_inputs) if device is not None else graph.example_inputs
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
