@@ -121,6 +121,18 @@ class Caching(nn.Module):
         return y
 
 
+class StackedSum(nn.Module):
+    """segmentation_models_pytorch's FPN merge: torch.stack(levels).sum(dim=0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = _cbr(3, 16), _cbr(3, 16)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.stack([self.a(x), self.b(x)]).sum(dim=0))
+
+
 def _calibrated(model: nn.Module, x: torch.Tensor) -> nn.Module:
     torch.manual_seed(0)
     with torch.no_grad():
@@ -269,3 +281,14 @@ def test_a_conv_subclass_has_its_own_tensors_sliced_and_its_inputs_marked_inexac
         torch.testing.assert_close(pruned(x), silenced(x), rtol=1e-4, atol=1e-5)
     small = secateur.prune(model, x, L1(), amount=0.5)   # inexact groups still give a working model
     assert small(x).shape == (2, 4, 8, 8) and small.a.gain.shape[0] == small.a.out_channels == 4
+
+
+def test_stacked_maps_summed_over_the_stack_tie_channel_by_channel() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    model = _calibrated(StackedSum(), x)
+    graph = secateur.trace(model, x)
+    group = _group_of(graph, "a.0")
+    assert group.prunable and group.size == 16 and "b.0" in group.modules(Role.OUT)
+    pruned = _exact(model, x, graph)
+    assert pruned.head.in_channels < 16
+

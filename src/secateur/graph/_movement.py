@@ -10,7 +10,7 @@ import numpy as np
 import torch.fx as fx
 from torch import nn
 
-from ._sizes import check_sizes
+from ._sizes import check_sizes, is_width
 
 SIZED = {"view", "reshape", "expand", "unflatten", "view_as", "reshape_as", "expand_as"}   # take output sizes
 SLICING = {"getitem", "__getitem__", "narrow", "select", "unbind"}
@@ -55,6 +55,30 @@ def slices_channels(n: fx.Node, args, dims: tuple[int, ...], rank: int, shape: t
     return isinstance(dim, int) and dim % rank in dims
 
 
+def _pieces(walker, n: fx.Node, name: str, results: list) -> str | None:
+    """Split along channels: equal pieces of a computed size (``chunk(2)``, ``split(C // 2)``) are
+    tied position by position; pieces sized by a block's widths (``split([key_dim, key_dim,
+    head_dim])``) follow them, pieces of the same width tied; literal sizes freeze."""
+    sizes = n.args[1]
+    if isinstance(sizes, (tuple, list)) and all(is_width(walker.info.get(s)) for s in sizes):
+        for size in set(sizes):
+            same = [r for s, r in zip(sizes, results) if s is size]
+            for r in same[1:]:
+                walker.tie(same[0].ids, r.ids)
+        return None
+    equal = len({r.ids.shape for r in results}) == 1
+    if not (equal and (name == "chunk" or isinstance(sizes, fx.Node))):
+        return f"channels split at fixed sizes ({name}) at node '{n.name}'"
+    for r in results[1:]:
+        walker.tie(results[0].ids, r.ids)
+    return None
+
+
+def line(ids: np.ndarray, axis: int) -> np.ndarray:
+    """The ids along ``axis``, at index 0 of every other dim."""
+    return ids[tuple(slice(None) if d == axis else 0 for d in range(ids.ndim))]
+
+
 def tie_along(walker, ids: np.ndarray, axis: int) -> None:
     """Tie every entry of ``ids`` to the entry with index 0 along ``axis``."""
     first = np.take(ids, [0], axis=axis)
@@ -81,19 +105,20 @@ def constrain(walker, n: fx.Node, args, kwargs, source, results: list, module=No
         if name in PIECES:
             dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
             if dim % rank in source.dims:
-                equal = len({r.ids.shape for r in results}) == 1
-                dynamic = name == "chunk" or isinstance(n.args[1], fx.Node)
-                if not (equal and dynamic):
-                    return f"channels split at fixed sizes ({name}) at node '{n.name}'"
-                for r in results[1:]:
-                    walker.tie(results[0].ids, r.ids)
+                why = _pieces(walker, n, name, results)
+                if why:
+                    return why
     fixed: set[int] = set()
     if name in SIZED:
         fixed, why = check_sizes(walker, n, args, kwargs, source)
         if why:
             return why
-    for r in results:
-        free = [d for d in r.dims if d not in fixed]
+    for r in results:   # a tensor stays rectangular: units go along one dim, the free one with most
+        free = [d for d in r.dims if d not in fixed]   # distinct units (as tied so far), then the widest
+        if len(free) > 1:
+            roots = walker.roots(r.ids)
+            spread = {d: len(np.unique(line(roots, r.dims.index(d)))) for d in free}
+            free.sort(key=lambda d: (-spread[d], -r.shape[d]))
         if r.dims and not free:
             return f"channels reshaped to a fixed size ({name}) at node '{n.name}'"
         for axis, d in enumerate(r.dims):

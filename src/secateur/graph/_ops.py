@@ -36,8 +36,11 @@ ELEMENTWISE_FUNCTIONS = {
 ELEMENTWISE_METHODS = {
     "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "neg", "abs", "exp", "sqrt", "pow",
     "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clamp_min", "clamp_max",
-    "float", "half", "double", "to", "type_as", "clone", "detach", "contiguous", "__neg__",
+    "float", "half", "double", "to", "clone", "detach", "contiguous", "__neg__",
 }
+# Methods that read only another tensor's dtype/device: ``x.type_as(y)`` is x; ``y.new_full(size)`` is
+# a new tensor.
+LIKE_METHODS = {"type_as", "new_full", "new_zeros", "new_ones", "new_empty", "new_tensor"}
 
 # Spatial operations: channels pass through unchanged (the channel dim is not pooled or resized).
 SPATIAL_FUNCTIONS = {
@@ -64,6 +67,8 @@ MOVEMENT_METHODS = {
 REDUCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
 REDUCTION_METHODS = {"mean", "sum", "amax", "amin"}
 
+MATMUL = {"matmul", "bmm", "__matmul__"}   # torch.matmul, operator.matmul, Tensor.bmm, ...
+
 SOFTMAX = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
 SOFTMAX_METHODS = {"softmax", "log_softmax"}
 
@@ -87,7 +92,8 @@ def kind_of(op: str, target) -> str:
     """Classify a call_function / call_method node target into one of the walk's handlers."""
     if op == "call_method":
         for kind, names in (("elementwise", ELEMENTWISE_METHODS), ("movement", MOVEMENT_METHODS),
-                            ("reduce", REDUCTION_METHODS), ("softmax", SOFTMAX_METHODS)):
+                            ("reduce", REDUCTION_METHODS), ("softmax", SOFTMAX_METHODS),
+                            ("matmul", MATMUL), ("like", LIKE_METHODS)):
             if target in names:
                 return kind
         return "unknown"
@@ -103,6 +109,8 @@ def kind_of(op: str, target) -> str:
         return "elementwise"
     if name == "pad":
         return "pad"
+    if name in MATMUL and (getattr(target, "__module__", "") or "") in ("torch", "_operator", "operator"):
+        return "matmul"
     if name in ROI_POOLS and "torchvision" in (getattr(target, "__module__", "") or ""):
         return "roi"
     return "unknown"

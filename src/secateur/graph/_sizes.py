@@ -17,8 +17,19 @@ import operator
 import numpy as np
 import torch.fx as fx
 
-Prov = frozenset   # of read keys: (node name, dim)
+Prov = frozenset   # of read keys: (node name, dim), or (WIDTH, "module.attr") for a block's width
 NONE: Prov = frozenset()
+WIDTH = "@width"   # a width a registered block keeps in an attribute and re-syncs after surgery
+
+
+def _reads(p) -> list:
+    """The channel reads of a provenance, without block widths."""
+    return sorted(k for k in (p or ()) if k[0] != WIDTH)
+
+
+def is_width(p) -> bool:
+    """True when a size is computed from a block's width: it follows the block after surgery."""
+    return isinstance(p, frozenset) and any(k[0] == WIDTH for k in p)
 
 
 def reads_of(value) -> Prov:
@@ -47,6 +58,9 @@ def _dim_arg(n: fx.Node, args, kwargs):
 
 def provenance(w, n: fx.Node, args, kwargs, out):
     """The provenance of a node whose value is a Python number, a torch.Size or a tuple of them."""
+    width = getattr(n.target, "width_attr", None) if n.op == "call_function" else None
+    if width is not None:
+        return frozenset([(WIDTH, ".".join(x for x in width if x))])
     src = n.args[0] if n.args and isinstance(n.args[0], fx.Node) else None
     if src is not None and (n.op == "call_method" and n.target == "size"
                             or n.target is getattr and args[1] == "shape"):
@@ -69,9 +83,12 @@ def provenance(w, n: fx.Node, args, kwargs, out):
 
 
 def guard(w, n: fx.Node) -> None:
-    """Python used ``n``'s value as a plain number: freeze the channels it was read from."""
+    """Python used ``n``'s value as a plain number: freeze the channels it was read from. Comparing a
+    size with None (``if self.shape != shape``, a cache check) does not depend on the count."""
+    if n.target in (operator.eq, operator.ne, operator.is_, operator.is_not) and None in n.args:
+        return
     where = _module_of(n)
-    for key in sorted(reads_of(w.info.get(n))):
+    for key in _reads(reads_of(w.info.get(n))):   # a block's own width is re-synced: not a channel read
         w.freeze_ids(w.reads[key], f"Python code{where} uses the channel count of '{key[0]}' as a number "
                                    f"(at node '{n.name}')")
 
@@ -102,8 +119,9 @@ def check_sizes(w, n: fx.Node, args, kwargs, source) -> tuple[set[int], str | No
     """Output dims whose size stays fixed when channels go, plus a reason to freeze (or None).
 
     A size is fixed when it is a literal, or computed from sizes that are not channel counts. One
-    computed from the reshaped tensor's own channels follows them; one from another tensor's channels
-    ties that tensor's channels to these (or freezes both when their counts differ).
+    computed from the reshaped tensor's own channels follows them, and so does one computed from a
+    block's width; one from another tensor's channels ties that tensor's channels to these (or
+    freezes both when their counts differ).
     """
     offset, sizes = size_args(n, args, kwargs)
     per_dim: list = []
@@ -121,7 +139,7 @@ def check_sizes(w, n: fx.Node, args, kwargs, source) -> tuple[set[int], str | No
     fixed = {offset + i for i, p in enumerate(per_dim) if p == NONE}
     own = source.ids.ravel() if source.ids is not None else np.zeros(0, np.int64)
     for p in per_dim:
-        for key in sorted(p or ()):
+        for key in _reads(p):
             ids = w.reads[key]
             if ids.size == own.size and np.array_equal(np.sort(ids.ravel()), np.sort(own)):
                 continue   # the tensor's own channel count (possibly through an elementwise op)

@@ -26,7 +26,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..forward import map_tensors
-from ..layers import is_weighted
+from ..layers import Block, handler_for, is_weighted
 from ._preserve import restore, snapshot
 from . import _ops
 
@@ -111,6 +111,15 @@ def _constant(obj):
     return constant
 
 
+def _width(module: str, attr: str, value: int):
+    """A graph-callable standing for ``<module>.<attr>``, a width a registered block keeps."""
+    def width():
+        return value
+    width.__name__ = width.__qualname__ = f"{module.replace('.', '_')}_{attr}".lstrip("_")
+    width.width_attr = (module, attr)
+    return width
+
+
 _REBUILDERS: dict[type, Any] = {}
 
 
@@ -192,6 +201,26 @@ class ConcreteTracer(fx.Tracer):
     # ------------------------------------------------------------------ leaves and failures
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return is_weighted(m) or qualname in self.opaque or super().is_leaf_module(m, qualname)
+
+    def create_args_for_root(self, root_fn, is_module, concrete_args=None):
+        made = super().create_args_for_root(root_fn, is_module, concrete_args)
+        self._trace_widths()
+        return made
+
+    def _trace_widths(self) -> None:
+        """Widths a registered block keeps in plain attributes (its handler's ``width_attrs``, such as
+        Ultralytics' ``key_dim``) become graph nodes: sizes computed from them follow the block's
+        widths after surgery instead of being literals. Put back by :func:`concrete_trace`."""
+        leaves = [name for name, m in self.root.named_modules() if name in self.opaque or is_weighted(m)]
+        for name, m in self.root.named_modules():
+            h = handler_for(m)
+            if not isinstance(h, Block) or any(name == x or name.startswith(x + ".") for x in leaves) \
+                    or any(module == name for module, _ in self.methods):
+                continue
+            for attr in h.width_attrs:
+                value = m.__dict__.get(attr)
+                if type(value) is int:
+                    m.__dict__[attr] = self.create_proxy("call_function", _width(name, attr, value), (), {})
 
     # ------------------------------------------------------------------ values
     def create_arg(self, a):

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.fx as fx
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from ..forward import signature
 from . import _ops, _sizes
-from ._movement import constrain
+from ._movement import constrain, tie_along
 from ._types import Call, Role, Site
 from ._values import data_sized, flat_tensors, has_tensor, mutable, rebuild, same_objects
 
@@ -47,12 +49,28 @@ class Record:
     n_ids: int = 0
     edges: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     frozen: list[tuple[np.ndarray, str]] = field(default_factory=list)
+    inexact: list[np.ndarray] = field(default_factory=list)   # units whose removal changes the output
     sites: list[Site] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
     bn_after: dict[str, str] = field(default_factory=dict)   # conv name -> the BN that alone reads it
     outputs: list = field(default_factory=list)               # the output's structure and shapes
     out_ids: dict[str, np.ndarray] = field(default_factory=dict)        # layer -> its output units
     site_of: dict[tuple, int] = field(default_factory=dict)             # (layer, role, param) -> site
+    _comp: tuple = field(default=(None, None), repr=False)              # components(), cached
+
+    def components(self) -> np.ndarray:
+        """The unit each id belongs to, as tied so far."""
+        key = (self.n_ids, len(self.edges))
+        if self._comp[0] != key:
+            self._comp = key, self._components()
+        return self._comp[1]
+
+    def _components(self) -> np.ndarray:
+        n = max(self.n_ids, 1)
+        a, b = ((np.concatenate([e[i] for e in self.edges]) for i in (0, 1)) if self.edges
+                else (np.zeros(0, np.int64),) * 2)
+        return connected_components(coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n)),
+                                    directed=False)[1]
 
 
 def _along(t: TInfo, dim: int, size: int) -> np.ndarray | None:
@@ -221,6 +239,13 @@ class Walker(fx.Interpreter):
         self.freeze(ins, reason)
         return self.new_info(out, reason)
 
+    def _like(self, n, args, kwargs, out):
+        """``x.type_as(y)`` keeps x's channels; ``y.new_full(size)`` is a new tensor. Neither reads
+        y's values, so y's channels are left alone."""
+        if n.target == "type_as":
+            return self.info.get(n.args[0])
+        return self.new_info(out, f"new tensor at node '{n.name}'")
+
     def _roi(self, n, args, kwargs, out):
         """Region pooling: output channel c pools channel c of every feature level, so the levels'
         channels are tied and the output carries them."""
@@ -265,15 +290,28 @@ class Walker(fx.Interpreter):
             return self._unknown(n, args, kwargs, out, f"reduction over all dims at node '{n.name}'")
         rank = len(t.shape)
         reduced = {d % rank for d in ((dim,) if isinstance(dim, int) else dim)}
-        if reduced & set(t.dims):
+        across = [axis for axis, d in enumerate(t.dims) if d in reduced]
+        if len(across) == len(t.dims):
             return self._unknown(n, args, kwargs, out, f"reduction over channels at node '{n.name}'")
+        ids = t.ids
+        for axis in reversed(across):   # torch.stack(xs).sum(0): the stacked tensors' channels meet
+            tie_along(self, ids, axis)   # elementwise, so channel c of each is one unit
+            ids = np.take(ids, 0, axis=axis)
+        kept = tuple(d for d in t.dims if d not in reduced)
         keep = kwargs.get("keepdim", args[2] if len(args) > 2 else False)
-        dims = t.dims if keep else tuple(d - sum(r < d for r in reduced) for d in t.dims)
-        return TInfo(tuple(out.shape), dims, t.ids)
+        dims = kept if keep else tuple(d - sum(r < d for r in reduced) for d in kept)
+        return TInfo(tuple(out.shape), dims, ids)
 
     def _elementwise(self, n, args, kwargs, out):
         from ._elementwise import elementwise
         return elementwise(self, n, args, kwargs, out)
+
+    def roots(self, ids: np.ndarray) -> np.ndarray:
+        return self.rec.components()[ids]
+
+    def _matmul(self, n, args, kwargs, out):
+        from ._matmul import matmul
+        return matmul(self, n, args, kwargs, out)
 
     def _norm(self, n, args, kwargs, out):
         from ._elementwise import functional_norm
@@ -292,12 +330,14 @@ class Walker(fx.Interpreter):
             return view
         occurrence = itertools.count()
 
+        indexed = n.args[0] if n.target is operator.getitem else None
+
         def label(x, positions: bool):
             if not isinstance(x, fx.Node):
                 return x
             value, t = self.env[x], self.info.get(x)
-            if not isinstance(value, torch.Tensor):
-                return value
+            if not isinstance(value, torch.Tensor) or indexed is not None and x is not indexed:
+                return value   # an index tensor (``biases[:, idxs]``) keeps its values
             if not isinstance(t, TInfo) or t.ids is None:  # a constant or parameter: one frozen unit
                 t = self.info[x] = TInfo(tuple(value.shape), (), self.fresh(1).reshape(()))
                 self.freeze(t, f"constant tensor at node '{x.name}'")

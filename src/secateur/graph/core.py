@@ -5,8 +5,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from torch import nn
 
 from . import _walk
@@ -36,7 +34,7 @@ class ChannelGroup:
     size: int                       # number of units
     members: tuple[Member, ...]
     frozen: str | None = None       # why the group cannot be pruned, or None
-    exact: bool = True              # False when removal changes normalisation statistics
+    exact: bool = True              # False when removal changes statistics or attention logits
 
     @property
     def prunable(self) -> bool:
@@ -83,20 +81,14 @@ class Graph:
 
 
 def _build(rec: _walk.Record, input_shapes, opaque: dict[str, str], inputs: tuple | None = None) -> Graph:
-    n = max(rec.n_ids, 1)
-    if rec.edges:
-        a = np.concatenate([e[0] for e in rec.edges])
-        b = np.concatenate([e[1] for e in rec.edges])
-    else:
-        a = b = np.zeros(0, dtype=np.int64)
-    adj = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
-    _, comp = connected_components(adj, directed=False)
+    comp = rec.components()
 
     reason: dict[int, str] = {}
     for ids, why in rec.frozen:
         for c in np.unique(comp[ids]).tolist():
             reason.setdefault(c, why)
 
+    inexact = set(np.unique(comp[np.concatenate(rec.inexact)]).tolist()) if rec.inexact else set()
     sites = rec.sites
     site_comps = [np.unique(comp[s.ids]) for s in sites]
     signature: dict[int, list[int]] = {}
@@ -124,7 +116,8 @@ def _build(rec: _walk.Record, input_shapes, opaque: dict[str, str], inputs: tupl
     groups = []
     for g, key in enumerate(keys):
         ms = tuple(sorted(members[g], key=lambda m: _ROLE_ORDER[m.site.role]))
-        groups.append(ChannelGroup(g, len(buckets[key]), ms, key[1], all(m.site.exact for m in ms)))
+        exact = all(m.site.exact for m in ms) and not inexact.intersection(buckets[key])
+        groups.append(ChannelGroup(g, len(buckets[key]), ms, key[1], exact))
     return Graph(tuple(groups), tuple(sites), tuple(rec.calls), dict(rec.bn_after), input_shapes, dict(opaque),
                  inputs, list(rec.outputs))
 
