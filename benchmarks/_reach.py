@@ -6,7 +6,9 @@ Per row: did the tool return a model, does it run, is the output structure kept 
 detector's box count is set by NMS), MACs and parameters kept, tool time. For secateur also the
 exactness probe of the tests (a third of every exact group silenced then cut: the largest output
 change relative to the output's scale; detectors on their heads' outputs), and how many channel
-groups it keeps whole, with the reasons. Every job runs in a child process with a time limit, so a
+groups it keeps whole, with the reasons. Torch-Pruning gets the same probe on every group its
+dependency graph finds (it marks none inexact, so LayerNorm-over-channel and attention-key groups,
+which secateur reports as inexact and leaves out of its probe, are in Torch-Pruning's). Every job runs in a child process with a time limit, so a
 tool that hangs (Torch-Pruning on Faster R-CNN) is a failed row, not a stuck benchmark.
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ from zoo import calibrate  # noqa: E402
 from zoo_real import RealEntry, outputs, real_zoo, silence_and_cut  # noqa: E402
 
 from _common import error_line, print_table, row  # noqa: E402
-from _tp import TARGET, macs_of, output_layers, tp_search  # noqa: E402
+from _tp import TARGET, macs_of, output_layers, tp_search, tp_silence_and_cut  # noqa: E402
 
 AMOUNT = 0.3
 LIMIT_S = 180
@@ -54,10 +56,10 @@ def _prune(tool: str, target: str, model: nn.Module, x: tuple) -> nn.Module:
     return small
 
 
-def exactness(entry: RealEntry, model: nn.Module, x: tuple, graph) -> float:
-    """Largest change of the outputs (relative to their scale) when a third of every exact group is
-    silenced and then cut."""
-    silenced, cut = silence_and_cut(model, graph)
+def exactness(entry: RealEntry, model: nn.Module, x: tuple, graph=None) -> float:
+    """Largest change of the outputs (relative to their scale) when a third of every exact group
+    (secateur's ``graph``; without it, every group Torch-Pruning finds) is silenced and then cut."""
+    silenced, cut = silence_and_cut(model, graph) if graph is not None else tp_silence_and_cut(model, x)
     pairs = zip(outputs(cut, x, entry.probes), outputs(silenced, x, entry.probes))
     return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-6)) for a, b in pairs
                if b.is_floating_point() and b.numel())
@@ -76,6 +78,11 @@ def _job(entry: RealEntry, tool: str, target: str) -> dict:
         fields.update(groups=len(graph.groups), prunable=len(graph.prunable),
                       exact_groups=sum(g.exact for g in graph.prunable), opaque=sorted(graph.opaque),
                       frozen=dict(reasons.most_common(8)), exact_probe=exactness(entry, model, x, graph))
+    if tool == "torch-pruning" and target == "amount":
+        try:
+            fields["exact_probe"] = exactness(entry, model, x)
+        except Exception as exc:   # its graph fails on the model: the pruning row below says how
+            fields["probe_error"] = error_line(exc)
     with torch.no_grad():
         want = _structure(model(*x))
     start = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
@@ -112,3 +113,35 @@ def tp_search(model: nn.Module, x, band: float = 0.005, tol: float = 0.005,
         raise RuntimeError(f"target not reached: pruning_ratio {lo:.3f} keeps {lo_root ** 2:.3f} of the MACs")
     best.tp_ratio, best.tp_probes = hi, probe
     return best
+
+
+def tp_silence_and_cut(model: nn.Module, x, seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """Torch-Pruning's side of the exactness probe: a third of every group its dependency graph finds
+    is silenced (the input columns of every ungrouped conv/linear that reads them zeroed, as
+    ``secateur.silence`` does) and exactly those channels are cut by its own groups, pruned one by one
+    as its ``MetaPruner.step`` does. Returns (silenced copy, cut copy)."""
+    rng = np.random.default_rng(seed)
+    cut = copy.deepcopy(model).eval()
+    names = {m: n for n, m in cut.named_modules()}
+    graph = tp.DependencyGraph().build_dependency(cut, example_inputs=x)
+    zeroed: list[tuple[str, list[int]]] = []
+    for group in graph.get_all_groups(ignored_layers=output_layers(cut, x)):
+        dep, idxs = group[0]
+        pick = sorted(rng.choice(len(idxs), size=max(1, len(idxs) // 3), replace=False).tolist())
+        sub = graph.get_pruning_group(dep.target.module, dep.handler, pick)
+        for d, ix in sub:
+            m = d.target.module
+            if graph.is_in_channel_pruning_fn(d.handler) and isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) \
+                    and getattr(m, "groups", 1) == 1 and m in names:
+                zeroed.append((names[m], [int(getattr(i, "idx", i)) for i in ix]))
+        sub.prune()
+    silenced = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for name, ix in zeroed:
+            layer = silenced.get_submodule(name)
+            if getattr(layer, "transposed", False):
+                layer.weight[ix] = 0
+            else:
+                layer.weight[:, ix] = 0
+    return silenced, cut
+

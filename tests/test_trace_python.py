@@ -133,6 +133,29 @@ class StackedSum(nn.Module):
         return self.head(torch.stack([self.a(x), self.b(x)]).sum(dim=0))
 
 
+class LinearAttention(nn.Module):
+    """timm EfficientViT's LiteMLA: heads of literal width, values padded with ones, k^T v then q (k^T v),
+    the padded column sliced off as the normaliser."""
+
+    def __init__(self, dim: int = 4) -> None:
+        super().__init__()
+        self.dim = dim
+        self.stem = _cbr(3, 16)
+        self.qkv = nn.Conv2d(16, 3 * 16, 1, bias=False)
+        self.proj = _cbr(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        b, _, h, w = x.shape
+        qkv = self.qkv(x).reshape(b, -1, 3 * self.dim, h * w).transpose(-1, -2)
+        q, k, v = qkv.chunk(3, dim=-1)
+        q, k = q.relu(), k.relu()
+        v = nn.functional.pad(v, (0, 1), mode="constant", value=1.0)
+        out = q @ (k.transpose(-1, -2) @ v)
+        out = out[..., :-1] / (out[..., -1:] + 1e-5)
+        return self.proj(out.transpose(-1, -2).reshape(b, -1, h, w))
+
+
 def _calibrated(model: nn.Module, x: torch.Tensor) -> nn.Module:
     torch.manual_seed(0)
     with torch.no_grad():
@@ -148,7 +171,7 @@ def _exact(model: nn.Module, x: torch.Tensor, graph) -> nn.Module:
     """Silence a third of every exact prunable group, cut it, compare; return the pruned copy."""
     rng = np.random.default_rng(0)
     silenced, keep = copy.deepcopy(model), {}
-    for g in graph.prunable:
+    for g in (g for g in graph.prunable if g.exact):
         units = np.sort(rng.choice(g.size, size=max(1, g.size // 3), replace=False))
         secateur.silence(silenced, g, units)
         keep[g.index] = np.setdiff1d(np.arange(g.size), units)
@@ -291,4 +314,32 @@ def test_stacked_maps_summed_over_the_stack_tie_channel_by_channel() -> None:
     assert group.prunable and group.size == 16 and "b.0" in group.modules(Role.OUT)
     pruned = _exact(model, x, graph)
     assert pruned.head.in_channels < 16
+
+
+
+
+def test_linear_attention_prunes_whole_heads_exactly() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    model = _calibrated(LinearAttention(), x)
+    graph = secateur.trace(model, x)
+    heads = _group_of(graph, "qkv")
+    assert heads.prunable and heads.exact and heads.size == 4 and heads.width == 12   # 4 heads of q, k, v
+    pruned = _exact(model, x, graph)
+    assert pruned.qkv.out_channels % 12 == 0 and pruned.qkv.out_channels < 48
+
+
+def test_attention_of_ultralytics_prunes_key_and_value_dims_and_keeps_its_widths() -> None:
+    block = pytest.importorskip("ultralytics.nn.modules.block")
+    x = torch.randn(1, 3, 8, 8)
+    model = _calibrated(nn.Sequential(_cbr(3, 64), block.PSABlock(64, attn_ratio=0.5, num_heads=2),
+                                      nn.Conv2d(64, 4, 1)), x)
+    graph = secateur.trace(model, x)
+    keys = next(g for g in graph.groups if "1.attn.qkv.conv" in g.modules(Role.OUT) and not g.exact)
+    assert keys.prunable and keys.size == 16 and keys.width == 4   # q and k of each of 2 heads
+    values = _group_of(graph, "0.0")   # the block's stream: its values, 32 per head, tied across heads
+    assert values.prunable and values.exact and values.size == 32 and values.width == 2
+    assert _exact(model, x, graph)[1].attn.head_dim < 32
+    pruned = secateur.prune(model, x, L1(), amount=0.5)
+    assert pruned[1].attn.key_dim < 16 and pruned[1].attn.head_dim < 32
+    assert pruned(x).shape == (1, 4, 8, 8)
 

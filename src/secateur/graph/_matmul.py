@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
-from ._movement import line
+from ._movement import line, varying_axes
 
 
 def _aligned(t, value: torch.Tensor, rank: int):
@@ -30,11 +30,6 @@ def _aligned(t, value: torch.Tensor, rank: int):
     view = [value.shape[d] if d in t.dims else 1 for d in range(value.ndim)]
     pad = rank - value.ndim
     return t.ids.reshape([1] * pad + view), {d + pad for d in t.dims}
-
-
-def _varies(roots: np.ndarray) -> list[int]:
-    return [d for d in range(roots.ndim)
-            if roots.shape[d] > 1 and not (roots == np.take(roots, [0], axis=d)).all()]
 
 
 def matmul(w, n: fx.Node, args, kwargs, out):
@@ -52,7 +47,7 @@ def matmul(w, n: fx.Node, args, kwargs, out):
     contract = {"a": rank - 1, "b": rank - 2}
     vary = {}
     for k, (ids, _) in ops.items():
-        found = _varies(w.roots(ids))
+        found = varying_axes(w.roots(ids))
         if len(found) != 1:   # none: one unit spans the whole operand; several: not rectangular
             return w._unknown(n, args, kwargs, out, why)
         vary[k] = found[0]

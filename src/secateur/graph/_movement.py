@@ -74,6 +74,21 @@ def _pieces(walker, n: fx.Node, name: str, results: list) -> str | None:
     return None
 
 
+def varying_axes(roots: np.ndarray) -> list[int]:
+    """Axes of an id array along which the units (``roots``) are not all the same."""
+    return [axis for axis in range(roots.ndim)
+            if roots.shape[axis] > 1 and not (roots == np.take(roots, [0], axis=axis)).all()]
+
+
+def moving(walker, t) -> tuple[int, ...]:
+    """The channel dims of ``t`` along which units vary (as tied so far). Along the others every line
+    is one unit, so pruning never changes their length: literal sizes and slices there stay right.
+    When units vary along none, the whole tensor may be one unit: all its dims count."""
+    if t.ids is None or len(t.dims) < 2:
+        return t.dims
+    return tuple(t.dims[axis] for axis in varying_axes(walker.roots(t.ids))) or t.dims
+
+
 def line(ids: np.ndarray, axis: int) -> np.ndarray:
     """The ids along ``axis``, at index 0 of every other dim."""
     return ids[tuple(slice(None) if d == axis else 0 for d in range(ids.ndim))]
@@ -100,11 +115,12 @@ def constrain(walker, n: fx.Node, args, kwargs, source, results: list, module=No
             return f"channel shuffle of an unexpected layout at node '{n.name}'"
         tie_along(walker, source.ids.reshape(groups, -1), 0)
     if source.ids is not None and source.dims:
-        if name in SLICING and slices_channels(n, args, source.dims, rank, source.shape):
+        dims = moving(walker, source)
+        if name in SLICING and slices_channels(n, args, dims, rank, source.shape):
             return f"channels picked by position ({name}) at node '{n.name}'"
         if name in PIECES:
             dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
-            if dim % rank in source.dims:
+            if dim % rank in dims:
                 why = _pieces(walker, n, name, results)
                 if why:
                     return why
@@ -119,7 +135,7 @@ def constrain(walker, n: fx.Node, args, kwargs, source, results: list, module=No
             roots = walker.roots(r.ids)
             spread = {d: len(np.unique(line(roots, r.dims.index(d)))) for d in free}
             free.sort(key=lambda d: (-spread[d], -r.shape[d]))
-        if r.dims and not free:
+        if r.dims and not free and moving(walker, r):
             return f"channels reshaped to a fixed size ({name}) at node '{n.name}'"
         for axis, d in enumerate(r.dims):
             if d != (free[0] if free else None):

@@ -69,7 +69,7 @@ REDUCTION_METHODS = {"mean", "sum", "amax", "amin"}
 
 MATMUL = {"matmul", "bmm", "__matmul__"}   # torch.matmul, operator.matmul, Tensor.bmm, ...
 
-SOFTMAX = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
+SOFTMAX = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, F.normalize}
 SOFTMAX_METHODS = {"softmax", "log_softmax"}
 
 # Functional normalisations (seen when a norm subclass outside torch.nn is traced through):

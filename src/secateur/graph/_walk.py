@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..forward import signature
 from . import _ops, _sizes
-from ._movement import constrain, tie_along
+from ._movement import constrain, moving, tie_along
 from ._types import Call, Role, Site
 from ._values import data_sized, flat_tensors, has_tensor, mutable, rebuild, same_objects
 
@@ -269,19 +270,29 @@ class Walker(fx.Interpreter):
         return self._pass(t, out)
 
     def _pad(self, n, args, kwargs, out):
+        """Padding passes channels, and a channel dim may be padded where every line along it is one
+        unit (EfficientViT pads each head's values with a column of ones): the unit covers the pad."""
         t = self.info.get(n.args[0])
         pad = args[1] if len(args) > 1 else kwargs.get("pad", ())
-        first_padded = len(t.shape) - len(pad) // 2 if isinstance(t, TInfo) else 0
-        if isinstance(t, TInfo) and all(d < first_padded for d in t.dims):
-            return self._pass(t, out)
-        return self._unknown(n, args, kwargs, out, f"padding of the channel dim at node '{n.name}'")
+        if not isinstance(t, TInfo) or not isinstance(out, torch.Tensor):
+            return self._unknown(n, args, kwargs, out)
+        rank = len(t.shape)
+        widths = {rank - 1 - i: (pad[2 * i], pad[2 * i + 1]) for i in range(len(pad) // 2)}
+        padded = [d for d in t.dims if d in widths]
+        if padded and (set(padded) & set(moving(self, t)) or min(min(widths[d]) for d in padded) < 0):
+            return self._unknown(n, args, kwargs, out, f"padding of the channel dim at node '{n.name}'")
+        ids = np.pad(t.ids, [widths.get(d, (0, 0)) for d in t.dims], mode="edge") if padded else t.ids
+        return TInfo(tuple(out.shape), t.dims, ids)
 
     def _softmax(self, n, args, kwargs, out):
+        """softmax / F.normalize: per channel when taken over another dim."""
         t = self.info.get(n.args[0])
-        dim = args[1] if len(args) > 1 else kwargs.get("dim")
+        at = 2 if n.target is F.normalize else 1   # normalize(x, p=2.0, dim=1)
+        dim = args[at] if len(args) > at else kwargs.get("dim", 1 if at == 2 else None)
         if isinstance(t, TInfo) and dim is not None and dim % len(t.shape) not in t.dims:
             return self._pass(t, out)
-        return self._unknown(n, args, kwargs, out, f"softmax over channels at node '{n.name}'")
+        return self._unknown(n, args, kwargs, out, f"{_ops.op_name(n.op, n.target).split('.')[-1]} over "
+                                                   f"channels at node '{n.name}'")
 
     def _reduce(self, n, args, kwargs, out):
         t = self.info.get(n.args[0])
