@@ -18,6 +18,30 @@ from pathlib import Path
 from ._errors import UsageError
 
 
+def _positive(flag: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: give a positive integer")
+        return value
+    return parse
+
+
+def _fraction(flag: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not 0 <= value <= 1:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r}: give a number in [0, 1] (0.01 = 1 point)")
+        return value
+    return parse
+
+
 def _shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(v) for v in text.split(","))
@@ -28,13 +52,21 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (``secateur inspect: argument --classes: ...``)."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="secateur", description="Structured pruning for real CNNs.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="secateur", description="Structured pruning for real CNNs.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     c = sub.add_parser("compress", help="run a recipe end to end (rerun to resume)")
     c.add_argument("recipe", help="a shipped recipe name or a .toml file")
     c.add_argument("--out", type=Path, help="output directory (default runs/<recipe>)")
-    c.add_argument("--force", action="store_true", help="replace a finished run in --out")
+    c.add_argument("--force", action="store_true", help="redo the run in --out from scratch (removes only what secateur wrote there)")
     c.add_argument("--no-progress", action="store_true")
     c.add_argument("--compile", action="store_true",
                    help="train through torch.compile (about 40 s to compile each stage, then 1.2-1.4x on CPU)")
@@ -45,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--input", type=_shape, help="C,H,W (default 3,224,224 for torchvision, else 1,28,28)")
         s.add_argument("--weights", help=".safetensors/.pt state_dict or a secateur.save directory")
         s.add_argument("--arch", help="the architecture of a saved directory")
-        s.add_argument("--classes", type=int, default=10)
+        s.add_argument("--classes", type=_positive("--classes"), default=10)
     e = sub.add_parser("export", help="ONNX export of a run's model, checked with ONNX Runtime")
     e.add_argument("run", type=Path, help="a compress output directory")
     e.add_argument("--onnx", action="store_true", help="the fp32 ONNX file (always written; kept for clarity)")
@@ -56,9 +88,9 @@ def parser() -> argparse.ArgumentParser:
     z.add_argument("model", help="an architecture (vgg8, resnet18, file.py:fn)")
     z.add_argument("--weights", required=True, help=".safetensors/.pt state_dict of the trained model")
     z.add_argument("--data", default="fashion-mnist", help="fashion-mnist, cifar:FOLDER or folder:FOLDER")
-    z.add_argument("--images", type=int, default=2000, help="test images to evaluate on")
+    z.add_argument("--images", type=_positive("--images"), default=2000, help="test images to evaluate on")
     z.add_argument("--rates", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9")
-    z.add_argument("--tolerance", type=float, default=0.01, help="accuracy drop allowed per layer (0.01 = 1 pt)")
+    z.add_argument("--tolerance", type=_fraction("--tolerance"), default=0.01, help="accuracy drop allowed per layer (0.01 = 1 pt)")
     z.add_argument("--out", type=Path, default=Path("sensitivity"))
     z.add_argument("--force", action="store_true")
     sub.add_parser("recipes", help="list the shipped recipes")

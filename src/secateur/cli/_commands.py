@@ -25,6 +25,9 @@ def _resolve(args) -> tuple[nn.Module, torch.Tensor]:
     if (target / "summary.json").is_file():          # a finished compress run
         return run_model(target)
     if target.is_dir():
+        if not (target / "pruning.json").is_file():
+            raise UsageError(f"{target} is neither a finished compress run (summary.json) nor a saved model "
+                             f"(pruning.json)")
         if not args.arch:
             raise UsageError(f"{target} is a saved model: pass --arch (the architecture it was pruned from)")
         arch, weights = args.arch, target
@@ -39,10 +42,15 @@ def _resolve(args) -> tuple[nn.Module, torch.Tensor]:
 
 def run_model(run: Path) -> tuple[nn.Module, torch.Tensor]:
     """The pruned model of a finished ``compress`` run and its example input."""
-    summary = json.loads((run / "summary.json").read_text())
-    recipe = parse(summary["recipe"])
-    shape = tuple(summary["input_shape"])
-    fresh = build(recipe.model["arch"], num_classes=summary["num_classes"], in_channels=shape[0])
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+        source = str(run / "recipe.toml") if (run / "recipe.toml").is_file() else summary["recipe"]
+        shape, classes = tuple(int(d) for d in summary["input_shape"]), int(summary["num_classes"])
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UsageError(f"{run / 'summary.json'} is damaged ({type(e).__name__}: {e}); rerun secateur "
+                         f"compress with --force") from None
+    recipe = parse(source)
+    fresh = build(recipe.model["arch"], num_classes=classes, in_channels=shape[0])
     return load(run / "model", model=fresh).eval(), torch.zeros(1, *shape)
 
 

@@ -8,11 +8,17 @@ Output directory (``--out``, default ``runs/<recipe name>``)::
     model/            the result: model.safetensors + pruning.json (secateur.save)
     records.json      what the method recorded per stage (params, MACs, accuracy, ...)
     model.onnx ...    exports; report/ the report; summary.json is written last and marks a finished run
+    recipe.toml       the recipe as run (defaults filled in): measure/export/report need nothing else
+    .secateur-run.json  marks the directory as secateur's, with each stage's recipe fingerprint
+
+A directory secateur did not make is never written to; a rerun redoes the stages whose recipe
+sections changed and reuses the rest (see :mod:`._rundir`).
 """
 from __future__ import annotations
 
+import importlib
 import json
-import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -22,8 +28,7 @@ from torch.utils.data import DataLoader, Subset
 from .. import criteria, methods
 from ..data import calibration, cifar, fashion_mnist, image_folder
 from ..graph import Role, trace
-from ..io import load, save, save_sparse
-from ..io._atomic import atomic_file
+from ..io import atomic_file, load, save, save_sparse
 from ..methods._common import Result, record
 from ..methods.layerwise import chosen_groups
 from ..prune import prune
@@ -31,7 +36,8 @@ from ..surgery import low_rank, low_rank_ranks
 from ..train import evaluate, fit
 from ._errors import UsageError
 from ._models import build, load_weights
-from ._recipe import Recipe
+from ._recipe import Recipe, dump
+from ._rundir import prepare
 
 CRITERIA = {"random": criteria.Random, "l1": criteria.L1, "l2": criteria.L2, "bnscale": criteria.BNScale,
             "apoz": criteria.APoZ, "taylor": criteria.Taylor, "taylor2019": criteria.Taylor2019,
@@ -67,17 +73,34 @@ def loaders(recipe: Recipe):
             DataLoader(shown, batch_size=256), calib, test)
 
 
+def extras(recipe: Recipe) -> None:
+    """The optional packages the recipe needs, imported before any work (a missing one is one line)."""
+    needs = [("report", ("matplotlib",), "the report's plots")]
+    if recipe.export["onnx"]:
+        needs.append(("onnx", ("onnx", "onnxruntime", "onnxscript"), "[export] onnx = true"))
+    for extra, modules, why in needs:
+        for module in modules:
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                raise UsageError(f"{why} needs {module}, which does not import ({e}): pip install "
+                                 f"'secateur[{extra}]'" + (" or set onnx = false" if extra == "onnx" else "")) from None
+
+
 def run(recipe: Recipe, out: Path, *, force: bool = False, progress: bool = True, compile: bool = False) -> dict:
-    if (out / "summary.json").exists():
-        if not force:
-            raise UsageError(f"{out} holds a finished run; pass --force to replace it or --out to choose another")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    how = dict(progress=progress, compile=compile)      # how every training stage runs
+    extras(recipe)                                       # everything checked before any work
     train, test, calib, test_set = loaders(recipe)
     shape = tuple(test_set[0][0].shape)
     x = torch.zeros(1, *shape)
     num_classes = recipe.model["num_classes"] or test_set.num_classes
+    if num_classes < test_set.num_classes:
+        raise UsageError(f"{recipe.path.name}: [model] num_classes = {num_classes}, but the data has "
+                         f"{test_set.num_classes} classes: set num_classes = {test_set.num_classes} or leave it out")
+    for line in prepare(out, recipe.sections, force=force):   # refuses a directory that is not secateur's
+        print(line, file=sys.stderr)
+    with atomic_file(out / "recipe.toml", overwrite=True) as tmp:   # the run is self-contained
+        tmp.write_text(dump(recipe.sections))
+    how = dict(progress=progress, compile=compile)      # how every training stage runs
 
     def fresh() -> nn.Module:
         return build(recipe.model["arch"], num_classes=num_classes, in_channels=shape[0])
@@ -179,7 +202,7 @@ def _finish(recipe: Recipe, base, small, x, test, calib, records, history, out: 
     write_report(out / "report", before=base, after=small, example_inputs=x, records=records, accuracy=acc,
                  history=history or None,
                  onnx=extra or None, title=f"secateur compress {recipe.path.stem}", overwrite=True)
-    return {"recipe": str(recipe.path.resolve()), "method": recipe.method, "accuracy": acc,
+    return {"recipe": str((out / "recipe.toml").resolve()), "source": str(recipe.path.resolve()), "method": recipe.method, "accuracy": acc,
             "input_shape": list(x.shape[1:]), "num_classes": int(small(x).shape[1]),
             "records": [{k: v for k, v in r.items() if k != "gammas"} for r in records],
             "files": sorted(p.name for p in out.iterdir())}

@@ -13,6 +13,7 @@ type or out of range gets one line naming the file, the section and the allowed 
 """
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -68,6 +69,7 @@ class Recipe:
     finetune_epochs: int
     export: dict = field(default_factory=dict)
     lowrank: dict = field(default_factory=dict)
+    sections: dict = field(default_factory=dict)   # every section as resolved (defaults filled, paths absolute)
 
 
 def shipped() -> list[str]:
@@ -115,7 +117,32 @@ def parse(name_or_path: str) -> Recipe:
     except (ValueError, TypeError) as e:
         raise UsageError(f"{where}: [method] {e}") from None
     return Recipe(path, sec["model"], sec["data"], _optim(where, "baseline", sec["baseline"]), sec["baseline"]["epochs"],
-                  name, opts, config, ft, sec["finetune"]["epochs"], sec["export"], sec["lowrank"])
+                  name, opts, config, ft, sec["finetune"]["epochs"], sec["export"], sec["lowrank"],
+                  _resolved(path, sec, name, opts))
+
+
+def _resolved(path: Path, sec: dict, name: str, opts: dict) -> dict:
+    """The recipe as run: every section with its defaults, file paths made absolute (model weights and
+    data as the commands read them, from the working directory; ratios from the recipe's folder)."""
+    out = {s: dict(v) for s, v in sec.items()}
+    out["method"] = {"name": name, **opts}
+    for section, key, base in (("model", "weights", Path.cwd()), ("data", "path", Path.cwd()),
+                               ("method", "ratios", path.parent)):
+        value = out[section].get(key)
+        if value and not Path(value).is_absolute() and ":" not in value:
+            out[section][key] = str((base / value).resolve())
+    return out
+
+
+def dump(sections: dict) -> str:
+    """``sections`` as TOML text that :func:`parse` reads back to the same recipe (None values, which
+    mean "the default", are left out)."""
+    lines = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items() if v is not None]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _section(where: str, name: str, values: Any, keys: dict, label: str | None = None) -> dict:

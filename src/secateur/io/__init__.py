@@ -6,8 +6,12 @@ plain ``.safetensors`` / ``.pt`` / ``.pth`` state_dict with ``weights_only=True`
 
 ONNX (needs ``pip install 'secateur[onnx]'``): ``export_onnx``, ``check_onnx``, ``to_fp16``,
 ``quantize_int8``, ``ort_latency`` and ``ort_accuracy`` (see :mod:`secateur.io.onnx`).
+
+``atomic_file`` / ``atomic_dir``: write a file or directory so that readers see the old content or
+the complete new one, never a mix (every file secateur writes goes through them).
 """
 
+from secateur.io._atomic import atomic_dir, atomic_file
 from secateur.io._checkpoint import LoadError, load_state_dict_file
 from secateur.io._pruned import load, save
 from secateur.io._sparse import load_sparse, save_sparse, sparse_bytes
@@ -25,5 +29,5 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'secateur.io' has no attribute {name!r}")
 
 
-__all__ = ["LoadError", "OnnxError", "check_onnx", "export_onnx", "load", "load_sparse", "load_state_dict_file",
+__all__ = ["LoadError", "OnnxError", "atomic_dir", "atomic_file", "check_onnx", "export_onnx", "load", "load_sparse", "load_state_dict_file",
            "ort_accuracy", "ort_latency", "quantize_int8", "save", "save_sparse", "sparse_bytes", "to_fp16"]

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from secateur.io._atomic import atomic_file
+from secateur.io import atomic_file
 
 __all__ = ["plot_acc_vs_macs", "plot_finetune", "plot_gammas", "plot_rate_curves", "plot_widths"]
 

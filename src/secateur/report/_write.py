@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from secateur.io._atomic import atomic_dir
+from secateur.io import atomic_dir
 from secateur.measure import measure
 from secateur.measure._measure import _as_inputs, _model_device, _with_batch
 from secateur.measure.stats import _si, _size

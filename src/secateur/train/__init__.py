@@ -7,6 +7,6 @@ callbacks that methods add to a step (sparsity, proximal steps, masks, distillat
 """
 from ._callbacks import Callback
 from ._distill import Distill
-from ._fit import Optim, default_device, evaluate, fit
+from ._fit import Diverged, Optim, default_device, evaluate, fit
 
-__all__ = ["Callback", "Distill", "Optim", "default_device", "evaluate", "fit"]
+__all__ = ["Callback", "Distill", "Diverged", "Optim", "default_device", "evaluate", "fit"]

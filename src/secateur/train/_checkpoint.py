@@ -19,7 +19,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from ..io._atomic import atomic_dir
+from ..io import atomic_dir
 from ..io._checkpoint import LoadError, _first_line, read_header, read_safetensors
 from ..io._state import shippable_state_dict
 from ._callbacks import Callback

@@ -120,6 +120,10 @@ def _seed_epoch(seed: int, epoch: int, loader) -> None:
         sampler.set_epoch(epoch)
 
 
+class Diverged(ValueError):
+    """Training produced an infinite or NaN loss (the learning rate is too high for the model)."""
+
+
 def fit(model: nn.Module, train_loader, *, epochs: int, optim: Optim = Optim(), eval_loader=None,
         callbacks: Sequence[Callback] = (), checkpoint: str | Path | None = None, resume: bool = False,
         device: torch.device | str | None = None, channels_last: bool | None = None,
@@ -168,6 +172,9 @@ def fit(model: nn.Module, train_loader, *, epochs: int, optim: Optim = Optim(), 
         logs = {"epoch": epoch, "lr": lr, **_train_epoch(net, model, loader, opt, callbacks, lr, device,
                                                           channels_last, progress and rank == 0,
                                                           f"epoch {epoch + 1}/{epochs}")}
+        if not math.isfinite(logs["loss"]) or not all(bool(p.isfinite().all()) for p in model.parameters()):
+            raise Diverged(f"the training diverged in epoch {epoch + 1} at lr={lr:g} (loss {logs['loss']:.3g}, "
+                           f"weights no longer finite): lower the learning rate")
         if eval_loader is not None:
             logs.update({f"eval_{k}": v for k, v in evaluate(model, eval_loader, device=device,
                                                               channels_last=channels_last).items()})
