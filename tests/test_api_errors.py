@@ -71,6 +71,8 @@ def _run(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     (dict(amount=-0.1), ["amount=-0.1"]),
     (dict(amount=1.5), ["amount=1.5"]),
     (dict(amount=float("nan")), ["amount=nan"]),
+    (dict(amount={"layer1.0.conv1": 1.5}), ["amount['layer1.0.conv1']=1.5", "[0, 1)"]),
+    (dict(amount={"layer1.0.conv1": 0.5, "layer1.1.conv1": 7.0}), ["amount['layer1.1.conv1']=7.0"]),
     (dict(target_macs=0), ["target_macs=0", "(0, 1]"]),
     (dict(target_macs=1.5), ["target_macs=1.5"]),
     (dict(target_macs=-0.5), ["target_macs=-0.5"]),
@@ -322,3 +324,23 @@ def test_a_pruned_torchvision_model_round_trips(tmp_path: Path, name: str) -> No
     torch.testing.assert_close(_run(again, _X), y, rtol=1e-5, atol=1e-6 * y.abs().max().item())
     np.testing.assert_array_equal([m.out_channels for m in again.modules() if isinstance(m, nn.Conv2d)],
                                   [m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)])
+
+
+@pytest.mark.parametrize("how", ["evaluate", "record", "apoz", "taylor", "rescale"])
+def test_in_place_helpers_give_every_module_its_own_mode_back(resnet, how) -> None:
+    from secateur.criteria import APoZ, Taylor
+    from secateur.methods import record
+    from secateur.methods.ista import rescale
+    from secateur.train import evaluate
+    x = torch.randn(2, 3, 32, 32)
+    data = [(x, torch.tensor([1, 2]))]
+    flags = {name: m.training for name, m in resnet.named_modules()}
+    if how == "evaluate":
+        evaluate(resnet, data)
+    elif how == "record":
+        record("now", resnet, x, data)
+    elif how == "rescale":
+        rescale(resnet, secateur.trace(resnet, x), 2.0, x)
+    else:   # recording runs on the model it is bound to (prune binds a copy; a user may bind their own)
+        {"apoz": APoZ, "taylor": Taylor}[how]().bind(resnet, secateur.trace(resnet, x), data)
+    assert {name: m.training for name, m in resnet.named_modules()} == flags

@@ -156,6 +156,11 @@ def _json_edit(change: Callable[[dict], None]) -> Callable[[Path], None]:
     return edit
 
 
+def _extra_tensor(path: Path) -> None:
+    state = safetensors.torch.load_file(str(path / "model.safetensors"))
+    safetensors.torch.save_file({**state, "stray.weight": torch.zeros(2)}, str(path / "model.safetensors"))
+
+
 def _truncate(path: Path) -> None:
     data = (path / "model.safetensors").read_bytes()
     (path / "model.safetensors").write_bytes(data[: len(data) // 2])
@@ -169,8 +174,14 @@ BREAKAGES: dict[str, tuple[Callable[[Path], None], str, str]] = {
     "wrong format": (_json_edit(lambda s: s.update(format="other")), "pruning.json", "expected"),
     "wrong version": (_json_edit(lambda s: s.update(version=2)), "pruning.json", "version 2"),
     "truncated weights": (_truncate, "model.safetensors", "corrupt or truncated"),
-    "shape mismatch": (_json_edit(lambda s: s["modules"]["conv2"]["tensors"].update(weight=[5, 4, 3, 3])),
+    "shape mismatch": (_json_edit(lambda s: (s["modules"]["conv2"]["tensors"].update(weight=[5, 4, 3, 3]),
+                                             s["modules"]["conv2"]["attrs"].update(out_channels=5))),
                        "model.safetensors", "shape (6, 4, 3, 3)"),
+    "negative width": (_json_edit(lambda s: s["modules"]["conv1"]["attrs"].update(out_channels=-3)),
+                       "pruning.json", "out_channels = -3 is not a width"),
+    "width against tensors": (_json_edit(lambda s: s["modules"]["conv1"]["attrs"].update(out_channels=3)),
+                              "pruning.json", "out_channels = 3 but its tensors give 4"),
+    "extra tensor": (_extra_tensor, "model.safetensors", "'stray.weight', which pruning.json does not describe"),
 }
 
 

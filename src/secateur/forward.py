@@ -6,7 +6,8 @@ a one-line ``ValueError``; ``tracked_forward`` hands the failing module to the c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -16,6 +17,19 @@ __all__ = ["ForwardFailure", "checked_forward", "flat_tensors", "map_tensors", "
            "tracked_forward"]
 
 _FORWARD_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Context: ``model`` in eval mode; on exit every module gets back its own train/eval flag (a
+    submodule the caller had frozen in eval mode stays so)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def shape_of(x: Any) -> str:

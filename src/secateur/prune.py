@@ -52,6 +52,9 @@ def plan_per_layer(model: nn.Module, graph: Graph, criterion: Criterion, ratios:
                          f"choose from: {', '.join(producers) or '(none)'}")
     rate: dict[int, float] = {}
     for name, r in ratios.items():
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1:
+            raise ValueError(f"amount[{name!r}]={r!r} must be in [0, 1): the fraction of that layer's channels "
+                             f"to remove")
         g = producers[name].index
         rate[g] = min(rate.get(g, 1.0), r)
     scores = score(model, graph, criterion, data)

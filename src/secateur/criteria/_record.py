@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..forward import eval_mode
 from ..layers import Norm, Weighted, handler_for
 
 
@@ -92,34 +93,32 @@ def stream(model: nn.Module, loader: Iterable, *, backward: bool = False, input_
     params = list(model.parameters())
     device = params[0].device if params else torch.device("cpu")
     saved = [p.grad for p in params]
-    was_training = model.training
-    model.eval()
     seen = 0
-    try:
-        for x, y in _batches(loader):
-            if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape[1:]):
-                raise CalibrationError(f"calibration batch has shape {tuple(x.shape)} but the model was traced "
-                                       f"with inputs of shape (N, {', '.join(map(str, input_shape[1:]))})")
-            x = x.to(device, non_blocking=True)
-            if backward:
-                if y is None:
-                    raise CalibrationError("gradient-based criteria need labels: the calibration loader must "
-                                           "yield (images, labels)")
-                for p in params:
-                    p.grad = None
-                if x.is_floating_point():   # on a detached alias: the loader's tensor is left as it was
-                    x = x.detach().requires_grad_(True)
-                with torch.enable_grad():
-                    out = _forward(model, x)
-                    F.cross_entropy(out, y.to(device)).backward()
-            else:
-                with torch.no_grad():
-                    _forward(model, x)
-            seen += x.shape[0]
-    finally:
-        for p, g in zip(params, saved):
-            p.grad = g
-        model.train(was_training)
+    with eval_mode(model):
+        try:
+            for x, y in _batches(loader):
+                if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape[1:]):
+                    raise CalibrationError(f"calibration batch has shape {tuple(x.shape)} but the model was traced "
+                                           f"with inputs of shape (N, {', '.join(map(str, input_shape[1:]))})")
+                x = x.to(device, non_blocking=True)
+                if backward:
+                    if y is None:
+                        raise CalibrationError("gradient-based criteria need labels: the calibration loader must "
+                                               "yield (images, labels)")
+                    for p in params:
+                        p.grad = None
+                    if x.is_floating_point():   # on a detached alias: the loader's tensor is left as it was
+                        x = x.detach().requires_grad_(True)
+                    with torch.enable_grad():
+                        out = _forward(model, x)
+                        F.cross_entropy(out, y.to(device)).backward()
+                else:
+                    with torch.no_grad():
+                        _forward(model, x)
+                seen += x.shape[0]
+        finally:
+            for p, g in zip(params, saved):
+                p.grad = g
     if not seen:
         raise CalibrationError("the calibration loader yielded no batches; give it at least one image "
                                "(e.g. secateur.data.calibration(dataset, n=256))")

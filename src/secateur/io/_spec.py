@@ -133,8 +133,26 @@ def check(model: nn.Module, specs: Mapping[str, ModuleSpec], state: Mapping[str,
         raise ArchitectureMismatch(f"the model's module {extra[0]!r} ({current[extra[0]].type}) "
                                    "was not saved")
     for name, spec in specs.items():
+        _check_widths(modules[name], name, spec)
         for tname, shape in spec.tensors.items():
             _check_tensor(modules[name], name, tname, shape, state)
+    expected = {_key(name, t) for name, spec in specs.items() for t, shape in spec.tensors.items()
+                if shape is not None and _is_persistent(modules[name], t)}
+    if extra := sorted(state.keys() - expected):
+        raise WeightsMismatch(f"the weights hold tensor {extra[0]!r}, which pruning.json does not describe")
+
+
+def _check_widths(module: nn.Module, name: str, spec: ModuleSpec) -> None:
+    """Widths are positive and agree with the tensors (an edited ``out_channels = -3`` is refused)."""
+    for attr, value in spec.attrs.items():
+        if any(v < 1 for v in (value if isinstance(value, tuple) else (value,))):
+            raise SpecError(f"module {name!r} ({spec.type}): {attr} = {value} is not a width")
+    h = handler_for(module)
+    implied = h.implied_widths(module, dict(spec.attrs), dict(spec.tensors)) if h is not None else {}
+    for attr, value in implied.items():
+        if attr in spec.attrs and spec.attrs[attr] != value:
+            raise SpecError(f"module {name!r} ({spec.type}): {attr} = {spec.attrs[attr]} but its tensors "
+                            f"give {value}")
 
 
 def _check_tensor(module: nn.Module, name: str, tname: str, shape: Shape | None,

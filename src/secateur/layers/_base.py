@@ -18,6 +18,11 @@ class Layer:
     def sync_widths(self, m: nn.Module) -> None:
         """Make the width attributes agree with the (sliced) tensors."""
 
+    def implied_widths(self, m: nn.Module, attrs: dict, shapes: dict) -> dict:
+        """The width attributes that tensors of ``shapes`` (name -> shape or None) imply, given the other
+        ``attrs``: what a saved file's widths must say (only those the shapes determine)."""
+        return {}
+
 
 class Weighted(Layer):
     """A layer with a weight matrix: conv, linear. Its output rows and input columns are sites."""

@@ -23,6 +23,13 @@ class Conv(Weighted):
     def io(self, m):
         return m.in_channels, m.out_channels, m.groups
 
+    def implied_widths(self, m, attrs, shapes):
+        w, g = shapes.get("weight"), attrs.get("groups", 1)
+        if not w or len(w) < 2:
+            return {}
+        rows, cols = (w[1] * g, w[0]) if m.transposed else (w[0], w[1] * g)
+        return {"out_channels": rows, "in_channels": cols}
+
     def channel_dim(self, m):
         return 1
 
@@ -91,6 +98,10 @@ class Linear(Weighted):
     def io(self, m):
         return m.in_features, m.out_features, 1
 
+    def implied_widths(self, m, attrs, shapes):
+        w = shapes.get("weight")
+        return {"out_features": w[0], "in_features": w[-1]} if w and len(w) == 2 else {}
+
     def channel_dim(self, m):
         return -1
 
@@ -130,6 +141,10 @@ class BatchNorm(Norm):
     def set_width(self, m, width):
         m.num_features = width
 
+    def implied_widths(self, m, attrs, shapes):
+        found = shapes.get("weight") or shapes.get("running_mean")
+        return {"num_features": found[0]} if found else {}
+
 
 class GroupNorm(Norm):
     """Whole groups go (their channels are one unit): exact, but for a single group."""
@@ -146,6 +161,10 @@ class GroupNorm(Norm):
         if m.num_groups > 1:
             m.num_groups = width // (m.num_channels // m.num_groups)
         m.num_channels = width
+
+    def implied_widths(self, m, attrs, shapes):
+        w = shapes.get("weight")
+        return {"num_channels": w[0]} if w else {}
 
 
 class LayerNorm(Norm):
@@ -171,6 +190,10 @@ class LayerNorm(Norm):
     def set_width(self, m, width):
         m.normalized_shape = (width,)
 
+    def implied_widths(self, m, attrs, shapes):
+        w = shapes.get("weight")
+        return {"normalized_shape": tuple(w)} if w else {}
+
 
 class PReLU(Norm):
     width_attrs = ("num_parameters",)
@@ -184,6 +207,10 @@ class PReLU(Norm):
     def set_width(self, m, width):
         if m.num_parameters > 1:
             m.num_parameters = width
+
+    def implied_widths(self, m, attrs, shapes):
+        w = shapes.get("weight")
+        return {"num_parameters": w[0]} if w else {}
 
 
 register(Conv(), nn.modules.conv._ConvNd)

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from secateur.io._state import serialized_size
-from secateur.forward import checked_forward
+from secateur.forward import checked_forward, eval_mode
 from secateur.measure.stats import Stats
 
 __all__ = ["count_macs", "count_params", "measure", "time_forward"]
@@ -71,17 +71,13 @@ def time_forward(model: nn.Module, inputs: Inputs, *, repeats: int, warmup: int)
 def _inference(model: nn.Module, threads: int | None) -> Iterator[None]:
     """Eval mode, ``no_grad`` and ``threads`` intra-op threads; every module's mode and the thread
     count are restored on exit."""
-    modes = [(m, m.training) for m in model.modules()]
     old_threads = torch.get_num_threads()
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             yield
     finally:
-        for module, training in modes:
-            module.training = training
         if threads is not None:
             torch.set_num_threads(old_threads)
 

@@ -12,7 +12,7 @@ to ``secateur.train.fit`` (SparsityL1, ProximalL1, HoldMasks), usable on their o
 takes fit's run options: ``checkpoint=``/``resume=`` (each training stage in its own sub-directory),
 ``progress=`` and ``compile=``.
 """
-from ._common import Result
+from ._common import Result, record
 from ._magnitude_masks import HoldMasks, apply_masks_, magnitude_masks, sparsity
 from .ista import ISTA, ProximalL1, ista, rescale
 from .layerwise import ChannelPruning, ThiNet, channel_pruning, gap_head, thinet
@@ -22,4 +22,4 @@ from .slimming import Slimming, SparsityL1, slimming
 
 __all__ = ["ChannelPruning", "HoldMasks", "ISTA", "Magnitude", "ProximalL1", "Result", "Slimming", "SparsityL1",
            "ThiNet", "apply_masks_", "channel_pruning", "gap_head", "ista", "magnitude", "magnitude_masks",
-           "rescale", "sensitivity", "sensitivity_ratios", "slimming", "sparsity", "thinet"]
+           "record", "rescale", "sensitivity", "sensitivity_ratios", "slimming", "sparsity", "thinet"]

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..forward import eval_mode
 from ..measure import count_macs, count_params
 from ..train import evaluate, fit
 
@@ -36,10 +37,8 @@ def record(stage: str, model: nn.Module, example_inputs, eval_loader=None, **ext
     """Params, MACs (FlopCounterMode) and, with ``eval_loader``, test accuracy of ``model`` now."""
     device = next(model.parameters()).device
     x = example_inputs.to(device) if isinstance(example_inputs, torch.Tensor) else example_inputs
-    was_training = model.training
-    with torch.no_grad():
-        macs = count_macs(model.eval(), x)
-    model.train(was_training)
+    with torch.no_grad(), eval_mode(model):
+        macs = count_macs(model, x)
     out = {"stage": stage, **extra, "params": count_params(model), "macs": macs}
     if eval_loader is not None:
         out["acc"] = evaluate(model, eval_loader)["acc"]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..criteria import BNScale
+from ..forward import eval_mode
 from ..graph import Graph, Role, trace
 from ..plan import Target
 from ..prune import plan_pruning
@@ -115,19 +116,17 @@ def rescale(model: nn.Module, graph: Graph, alpha: float, example_inputs, groups
     again with ``1 / alpha`` and those groups to undo."""
     if alpha == 1:
         return []
-    was_training = model.training
-    model.eval()
-    reference = model(example_inputs)
     done = []
-    for g in (_rescalable(graph, model) if groups is None else groups):
-        saved = [p.clone() for p in _touched(graph, model, g)]
-        _scale(graph, model, g, alpha)
-        if _rel_err(model(example_inputs), reference) < tol:
-            done.append(g)
-        else:
-            for p, old in zip(_touched(graph, model, g), saved):
-                p.copy_(old)
-    model.train(was_training)
+    with eval_mode(model):
+        reference = model(example_inputs)
+        for g in (_rescalable(graph, model) if groups is None else groups):
+            saved = [p.clone() for p in _touched(graph, model, g)]
+            _scale(graph, model, g, alpha)
+            if _rel_err(model(example_inputs), reference) < tol:
+                done.append(g)
+            else:
+                for p, old in zip(_touched(graph, model, g), saved):
+                    p.copy_(old)
     return done
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..forward import ForwardFailure, map_tensors, signature, tracked_forward
+from ..forward import ForwardFailure, eval_mode, map_tensors, signature, tracked_forward
 from ..graph import Graph
 
 
@@ -34,19 +34,14 @@ def verify(model: nn.Module, graph: Graph, changed: set[str]) -> None:
         return
     device = next((p.device for p in model.parameters()), None)
     inputs = map_tensors(lambda t: t.to(device), graph.example_inputs) if device is not None else graph.example_inputs
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             out = tracked_forward(model, inputs)
     except ForwardFailure as f:
         cause = (str(f.cause).strip().splitlines() or [type(f.cause).__name__])[0]
         raise SurgeryError(f"internal: the pruned {type(model).__name__} fails{f.where()}"
                            f"{_groups_touching(graph, f.name)}: {cause}; the model was not returned "
                            f"(pass that layer in ignore=[...] to prune around it)") from f.cause
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
     got = signature(out)
     if len(got) != len(graph.outputs) or not all(_fits(a, b) for a, b in zip(got, graph.outputs)):
         diff = next(((a, b) for a, b in zip(got, graph.outputs) if not _fits(a, b)), (got[:1], graph.outputs[:1]))

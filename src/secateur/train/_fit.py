@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..forward import eval_mode
 from . import _dist
 from ._callbacks import Callback
 from ._checkpoint import load_checkpoint, save_checkpoint
@@ -93,16 +94,14 @@ def evaluate(model: nn.Module, loader, *, device: torch.device | str | None = No
     """Mean cross-entropy ``loss`` and top-1 ``acc`` (a fraction) of ``model`` over ``loader``, in eval mode."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     channels_last = _is_convnet(model) if channels_last is None else channels_last
-    was_training = model.training
-    model.eval()
     total, loss, correct = 0, torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
-    for x, y in loader:
-        x, y = _to(x, device, channels_last), y.to(device, non_blocking=True)
-        logits = model(x)
-        loss += F.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
-        total += y.numel()
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y in loader:
+            x, y = _to(x, device, channels_last), y.to(device, non_blocking=True)
+            logits = model(x)
+            loss += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+            total += y.numel()
     if total == 0:
         raise ValueError("evaluate: the loader yielded no samples")
     return {"loss": loss.item() / total, "acc": correct.item() / total}
