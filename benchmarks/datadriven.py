@@ -29,10 +29,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import secateur
-from secateur.criteria import L1, APoZ, Random, Taylor, Taylor2019
+from secateur.criteria import by_name
 from secateur.criteria.thinet import greedy_order, naive_greedy
 from secateur.data import calibration, fashion_mnist
-from secateur.methods._common import record
+from secateur.methods import record
 from secateur.methods.layerwise import ChannelPruning, ThiNet, channel_pruning, thinet
 from secateur.train import Optim, evaluate, fit
 from training import CACHE, X, baseline, latency_ratio, loaders
@@ -44,7 +44,7 @@ BUDGETS = {  # epochs; calib: calibration images
 }
 RATES = (0.3, 0.5, 0.7)
 FIG4_METHODS = ("random", "l1", "apoz", "taylor", "taylor2019", "thinet", "lasso")
-CRITERIA = {"random": Random(seed=SEED), "l1": L1(), "apoz": APoZ(), "taylor": Taylor(), "taylor2019": Taylor2019()}
+CRITERIA = {name: by_name(name) for name in ("random", "l1", "apoz", "taylor", "taylor2019")}   # Random's seed is 0
 SGD = Optim(lr=0.01, weight_decay=1e-4)   # training.py's fine-tune optimiser, for every row
 MEMORY_TIMEOUT_S = 300
 
@@ -234,8 +234,6 @@ MEMORY_KINDS = ("plain", "apoz", "thinet", "lasso")
 def memory_child(kind: str) -> None:
     """One measurement in this (fresh) process; prints a JSON line."""
     import torchvision
-    from secateur.criteria.lasso import LASSO
-    from secateur.criteria.thinet import ThiNet as ThiNetCriterion
     _common.setup(threads())
     torch.manual_seed(SEED)
     model = torchvision.models.resnet50(weights=None).eval()
@@ -248,7 +246,7 @@ def memory_child(kind: str) -> None:
             for x, _ in loader:
                 model(x)
     else:
-        crit = {"apoz": APoZ, "thinet": ThiNetCriterion, "lasso": LASSO}[kind]()
+        crit = by_name(kind)
         crit.bind(model, graph, loader)
     seconds = time.perf_counter() - start
     print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": seconds}))

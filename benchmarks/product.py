@@ -34,7 +34,7 @@ import torch
 
 import secateur
 from secateur.io import onnx as ox
-from secateur.methods._common import record
+from secateur.methods import record
 from secateur.train import evaluate, fit
 from datadriven import SEED, SGD, makers, prepare
 from training import CACHE, X, baseline

@@ -28,9 +28,9 @@ from torch.utils.data import DataLoader, Subset
 import secateur
 from secateur.data import fashion_mnist
 from secateur.io import save_sparse, sparse_bytes
-from secateur.io._state import serialized_size
+from secateur.io import serialized_size
 from secateur.methods import ISTA, Magnitude, Slimming, ista, magnitude, slimming
-from secateur.methods._common import record
+from secateur.methods import record
 from secateur.methods.slimming import prune_by
 from secateur.plan import Target
 from secateur.train import Optim, evaluate, fit

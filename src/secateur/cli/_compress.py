@@ -25,24 +25,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from .. import criteria, methods
+from .. import methods
 from ..data import calibration, cifar, fashion_mnist, image_folder
-from ..graph import Role, trace
 from ..io import atomic_file, load, save, save_sparse
-from ..methods._common import Result, record
-from ..methods.layerwise import chosen_groups
-from ..prune import prune
+from ..methods import Result, record
 from ..surgery import low_rank, low_rank_ranks
 from ..train import evaluate, fit
 from ._errors import UsageError
 from ._models import build, load_weights
 from ._recipe import Recipe, dump
 from ._rundir import prepare
-
-CRITERIA = {"random": criteria.Random, "l1": criteria.L1, "l2": criteria.L2, "bnscale": criteria.BNScale,
-            "apoz": criteria.APoZ, "taylor": criteria.Taylor, "taylor2019": criteria.Taylor2019,
-            "thinet": criteria.ThiNet, "lasso": criteria.LASSO}
-
 
 def datasets(recipe: Recipe):
     d = recipe.data
@@ -124,8 +116,8 @@ def run(recipe: Recipe, out: Path, *, force: bool = False, progress: bool = True
             small = low_rank(small, energy=recipe.lowrank["energy"], min_features=recipe.lowrank["min_features"])
             records.append(record("low-rank", small, x, test, ranks=low_rank_ranks(small)))
         save(small, out / "model", overwrite=True)
-        if recipe.method == "han":
-            save_sparse(small, out / "model-sparse", values=recipe.options["values"], overwrite=True)
+        if result.masks is not None:   # weight-level pruning: also stored sparse
+            save_sparse(small, out / "model-sparse", values=recipe.config.values, overwrite=True)
         write_json(out / "records.json", [{k: v for k, v in r.items() if k != "gammas"} for r in records])
     small.eval()
     history = json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else []
@@ -135,46 +127,8 @@ def run(recipe: Recipe, out: Path, *, force: bool = False, progress: bool = True
 
 
 def _method(recipe: Recipe, base, x, train, test, calib, ck: Path, how: dict) -> Result:
-    name, cfg, o = recipe.method, recipe.config, recipe.options
-    kw = dict(eval_loader=test, checkpoint=ck, resume=True, **how)
-    if name == "slimming":
-        return methods.slimming(base, train, x, cfg, **kw)
-    if name == "ista":
-        return methods.ista(base, train, x, cfg, **kw)
-    if name == "han":
-        return methods.magnitude(base, train, x, cfg, **kw)
-    if name in ("thinet", "channel-pruning"):
-        verb = methods.thinet if name == "thinet" else methods.channel_pruning
-        return verb(base, calib, x, cfg, train_loader=train, **kw)
-    ignore = _outer_layers(base, x) if o["inner_only"] else ()
-    amount = _ratios(recipe, o["ratios"]) if o["ratios"] else o["amount"]
-    small = prune(base, x, CRITERIA[o["criterion"]](), amount=amount, target_macs=o["macs"],
-                  global_ranking=o["global_ranking"], round_to=o["round_to"], min_channels=o["min_channels"],
-                  max_amount=o["max_amount"], ignore=ignore, data=calib)
-    result = Result(small, [record("baseline", base, x, test), record("pruned", small, x, test)])
-    if recipe.finetune_epochs:
-        result.history = fit(small, train, epochs=recipe.finetune_epochs, optim=recipe.finetune, eval_loader=test,
-                             checkpoint=ck / "finetune", resume=True, **how)
-        result.records.append(record("finetuned", small, x, test))
-    return result
-
-
-def _ratios(recipe: Recipe, path: str) -> dict[str, float]:
-    """Per-layer amounts from ``secateur sensitivity``'s ratios.json (relative to the recipe's folder)."""
-    p = Path(path) if Path(path).is_absolute() else recipe.path.parent / path
-    try:
-        ratios = json.loads(p.read_text())["ratios"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"{recipe.path.name}: [method] ratios={path!r}: cannot read per-layer ratios from {p} "
-                         f"({type(e).__name__}); write it with secateur sensitivity") from None
-    return {str(k): float(v) for k, v in ratios.items()}
-
-
-def _outer_layers(model: nn.Module, x) -> list[str]:
-    """Every producer except the convs inside blocks (Li et al.: a ResNet's first conv per block)."""
-    graph = trace(model, x)
-    inner = set(chosen_groups(model, graph, methods.ThiNet(amount=0.5)))
-    return [n for g in graph.prunable for n in g.modules(Role.OUT) if n not in inner]
+    return methods.compress(base, recipe.config, example_inputs=x, train_loader=train, calibration=calib,
+                            eval_loader=test, checkpoint=ck, resume=True, **how)
 
 
 def stages_table(records: list[dict]) -> str:

@@ -3,13 +3,16 @@
     [model]     arch = "vgg8"; weights = "base.safetensors" (optional: without it [baseline] trains one)
     [data]      dataset = "fashion-mnist" | "cifar" | "folder"; path; subset; test_subset; batch_size; calibration
     [baseline]  epochs; lr; weight_decay
-    [method]    name = "slimming" | "ista" | "thinet" | "channel-pruning" | "prune" | "han", and its options
+    [method]    name = "slimming" | "ista" | "thinet" | "channel-pruning" | "prune" | "han", and the fields
+                of that method's config (secateur.methods: Slimming, ISTA, ThiNet, ChannelPruning, OneShot,
+                Magnitude; nested Optim as a table: optim = {lr = 0.05}); its defaults are the library's
     [finetune]  epochs; lr; weight_decay
     [export]    onnx; fp16; int8
     [lowrank]   energy (0 = off; e.g. 0.9: truncated SVD of large Linear layers after pruning); min_features
 
-Every key is checked against the list below; an unknown section, key or method, a value of the wrong
-type or out of range gets one line naming the file, the section and the allowed values.
+Every key is checked (the [method] table against its config's fields, through secateur.methods'
+registry); an unknown section, key or method, a value of the wrong type or out of range gets one line
+naming the file, the section and the allowed values.
 """
 from __future__ import annotations
 
@@ -20,8 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..methods import ISTA, ChannelPruning, Magnitude, Slimming, ThiNet
-from ..plan import Target
+from ..methods import Method, from_dict, method_named, to_dict
 from ..train import Optim
 from ._errors import UsageError
 
@@ -36,22 +38,6 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple, Any]]] = {
     "export": {"onnx": (bool, True), "fp16": (bool, False), "int8": (bool, False)},
     "lowrank": {"energy": (_ANY_NUMBER, 0.0), "min_features": (int, 256)},
 }
-METHODS: dict[str, dict[str, tuple[type | tuple, Any]]] = {
-    "slimming": {"sparsity": (_ANY_NUMBER, 1e-4), "amount": (_ANY_NUMBER, 0.7), "sparsity_epochs": (int, 3),
-                 "passes": (int, 1), "lr": (_ANY_NUMBER, 0.05), "max_amount": (_ANY_NUMBER, 1.0)},
-    "ista": {"rho": (_ANY_NUMBER, 1e-3), "alpha": (_ANY_NUMBER, 1.0), "cost_weighted": (bool, False),
-             "sparsity_epochs": (int, 3), "lr": (_ANY_NUMBER, 0.05)},
-    "thinet": {"amount": (_ANY_NUMBER, None), "macs": (_ANY_NUMBER, None), "max_layers": (int, None), "skip": (list, []),
-               "gap": (bool, False), "layer_epochs": (int, 0), "samples": (int, None)},
-    "channel-pruning": {"amount": (_ANY_NUMBER, None), "macs": (_ANY_NUMBER, None), "max_layers": (int, None),
-                        "skip": (list, []),
-                        "layer_epochs": (int, 0), "samples": (int, None)},
-    "prune": {"criterion": (str, "l1"), "amount": (_ANY_NUMBER, None), "macs": (_ANY_NUMBER, None),
-              "global_ranking": (bool, False), "round_to": (int, 1), "min_channels": (int, 1),
-              "inner_only": (bool, False), "ratios": (str, None), "max_amount": (_ANY_NUMBER, 1.0)},
-    "han": {"qualities": (list, [1.0, 1.5, 2.0, 2.2]), "epochs": (int, 1), "values": (str, "fp16")},
-}
-CRITERIA = ("random", "l1", "l2", "bnscale", "apoz", "taylor", "taylor2019", "thinet", "lasso")
 DATASETS = ("fashion-mnist", "cifar", "folder")
 
 
@@ -62,9 +48,8 @@ class Recipe:
     data: dict
     baseline: Optim
     baseline_epochs: int
-    method: str
-    options: dict
-    config: Any                        # the method's typed config (None for "prune")
+    method: str                        # the method's name in the registry
+    config: Any                        # the method's typed config
     finetune: Optim
     finetune_epochs: int
     export: dict = field(default_factory=dict)
@@ -104,33 +89,57 @@ def parse(name_or_path: str) -> Recipe:
         raise UsageError(f"{where}: [model] needs arch = \"...\" (e.g. \"vgg8\", \"resnet18\", \"file.py:build\")")
     if sec["data"]["dataset"] not in DATASETS:
         raise UsageError(f"{where}: [data] dataset={sec['data']['dataset']!r}; allowed: {', '.join(DATASETS)}")
-    m = dict(raw.get("method", {}))
-    name = m.pop("name", None)
-    if name not in METHODS:
-        raise UsageError(f"{where}: [method] name={name!r}; allowed: {', '.join(METHODS)}")
-    opts = _section(where, "method", m, METHODS[name], label=f"method {name}")
     ft = _optim(where, "finetune", sec["finetune"])
     if not 0 <= sec["lowrank"]["energy"] < 1:
         raise UsageError(f"{where}: [lowrank] energy={sec['lowrank']['energy']!r} must be in [0, 1) (0 = off)")
+    table = raw.get("method", {})
+    if not isinstance(table, dict):
+        raise UsageError(f"{where}: [method] must be a table")
+    table = dict(table)
     try:
-        config = _config(name, opts, sec["finetune"]["epochs"], ft)
+        method = method_named(table.pop("name", None))
+        config = from_dict(method.config, _filled(where, path, method, table, sec["finetune"]["epochs"], ft))
     except (ValueError, TypeError) as e:
         raise UsageError(f"{where}: [method] {e}") from None
     return Recipe(path, sec["model"], sec["data"], _optim(where, "baseline", sec["baseline"]), sec["baseline"]["epochs"],
-                  name, opts, config, ft, sec["finetune"]["epochs"], sec["export"], sec["lowrank"],
-                  _resolved(path, sec, name, opts))
+                  method.name, config, ft, sec["finetune"]["epochs"], sec["export"], sec["lowrank"],
+                  _resolved(sec, method, config))
 
 
-def _resolved(path: Path, sec: dict, name: str, opts: dict) -> dict:
-    """The recipe as run: every section with its defaults, file paths made absolute (model weights and
-    data as the commands read them, from the working directory; ratios from the recipe's folder)."""
+def _filled(where: str, path: Path, method: Method, table: dict, ft_epochs: int, ft: Optim) -> dict:
+    """The [method] table with file keys read (``ratios = "scan/ratios.json"``, relative to the recipe)
+    and the fields [finetune] sets."""
+    for key, (field_name, entry) in method.files.items():
+        if key in table:
+            table[field_name] = _read_entry(where, path.parent, key, table.pop(key), entry)
+    for key, field_name in method.finetune.items():
+        if field_name in table:
+            raise ValueError(f"{field_name} is set by [finetune] {key}")
+        table[field_name] = ft_epochs if key == "epochs" else ft
+    return table
+
+
+def _read_entry(where: str, folder: Path, key: str, value: Any, entry: str):
+    if not isinstance(value, str):
+        raise ValueError(f"{key}={value!r} must be a file name")
+    p = Path(value) if Path(value).is_absolute() else folder / value
+    try:
+        found = json.loads(p.read_text())[entry]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{key}={value!r}: cannot read {entry!r} from {p} ({type(e).__name__})") from None
+    return found
+
+
+def _resolved(sec: dict, method: Method, config) -> dict:
+    """The recipe as run: every section with its defaults, the method's config in full (file keys
+    read; the fields [finetune] sets left to it), model weights and data paths made absolute."""
     out = {s: dict(v) for s, v in sec.items()}
-    out["method"] = {"name": name, **opts}
-    for section, key, base in (("model", "weights", Path.cwd()), ("data", "path", Path.cwd()),
-                               ("method", "ratios", path.parent)):
+    out["method"] = {"name": method.name, **{k: v for k, v in to_dict(config).items()
+                                             if k not in method.finetune.values()}}
+    for section, key in (("model", "weights"), ("data", "path")):
         value = out[section].get(key)
         if value and not Path(value).is_absolute() and ":" not in value:
-            out[section][key] = str((base / value).resolve())
+            out[section][key] = str(Path(value).resolve())
     return out
 
 
@@ -140,9 +149,17 @@ def dump(sections: dict) -> str:
     lines = []
     for name, values in sections.items():
         lines.append(f"[{name}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items() if v is not None]
+        lines += [f"{k} = {_toml(v)}" for k, v in values.items() if v is not None]
         lines.append("")
     return "\n".join(lines)
+
+
+def _toml(v) -> str:
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml(x)}" for k, x in v.items() if x is not None) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return json.dumps(v)
 
 
 def _section(where: str, name: str, values: Any, keys: dict, label: str | None = None) -> dict:
@@ -169,33 +186,3 @@ def _optim(where: str, name: str, s: dict) -> Optim:
         return Optim(lr=float(s["lr"]), weight_decay=float(s["weight_decay"]))
     except ValueError as e:
         raise UsageError(f"{where}: [{name}] {e}") from None
-
-
-def _config(name: str, o: dict, ft_epochs: int, ft: Optim):
-    if name == "slimming":
-        return Slimming(sparsity=o["sparsity"], amount=o["amount"], sparsity_epochs=o["sparsity_epochs"],
-                        finetune_epochs=ft_epochs, passes=o["passes"], max_amount=o["max_amount"],
-                        optim=Optim(lr=o["lr"], weight_decay=1e-4), finetune_optim=ft)
-    if name == "ista":
-        return ISTA(rho=o["rho"], alpha=o["alpha"], cost_weighted=o["cost_weighted"],
-                    sparsity_epochs=o["sparsity_epochs"], finetune_epochs=ft_epochs,
-                    optim=Optim(lr=o["lr"], weight_decay=1e-4), finetune_optim=ft)
-    if name in ("thinet", "channel-pruning"):
-        cls = ThiNet if name == "thinet" else ChannelPruning
-        extra = {"gap": o["gap"]} if name == "thinet" else {}
-        return cls(amount=o["amount"], macs=o["macs"], max_layers=o["max_layers"], skip=tuple(o["skip"]),
-                   layer_epochs=o["layer_epochs"],
-                   samples=o["samples"], finetune_epochs=ft_epochs, optim=ft, **extra)
-    if name == "han":
-        if o["values"] not in ("fp16", "int8", "fp32"):
-            raise ValueError(f"values={o['values']!r}; allowed: fp16, int8, fp32")
-        return Magnitude(qualities=tuple(o["qualities"]), epochs=o["epochs"], optim=ft)
-    if o["criterion"] not in CRITERIA:
-        raise ValueError(f"criterion={o['criterion']!r}; allowed: {', '.join(CRITERIA)}")
-    if o["ratios"] is not None:
-        if o["amount"] is not None or o["macs"] is not None or o["global_ranking"] or o["max_amount"] != 1.0:
-            raise ValueError("ratios= (per-layer amounts) replaces amount=, macs=, global_ranking= and max_amount=")
-        return None
-    Target(amount=o["amount"], macs=o["macs"], global_ranking=o["global_ranking"], min_channels=o["min_channels"],
-           round_to=o["round_to"], max_amount=o["max_amount"])
-    return None

@@ -11,5 +11,25 @@ from .lasso import LASSO
 from .thinet import ThiNet
 from .weight import L1, L2, BNScale, LpNorm, Random
 
-__all__ = ["Criterion", "SiteCriterion", "bind", "out_rows", "taps", "stream", "CalibrationError",
+# One table of criterion names (recipes, configs' dict form, benchmarks).
+NAMES: dict[str, type] = {"random": Random, "l1": L1, "l2": L2, "bnscale": BNScale, "apoz": APoZ, "taylor": Taylor,
+                          "taylor2019": Taylor2019, "thinet": ThiNet, "lasso": LASSO}
+
+
+def by_name(name: str) -> Criterion:
+    """The criterion called ``name`` (see ``NAMES``), with its default settings."""
+    if name not in NAMES:
+        raise ValueError(f"criterion={name!r}; choose one of {', '.join(NAMES)}")
+    return NAMES[name]()
+
+
+def name_of(criterion: Criterion) -> str:
+    """The name :func:`by_name` knows ``criterion`` by."""
+    found = next((n for n, cls in NAMES.items() if type(criterion) is cls), None)
+    if found is None:
+        raise ValueError(f"{type(criterion).__name__} has no name in secateur.criteria.NAMES")
+    return found
+
+
+__all__ = ["NAMES", "by_name", "name_of", "Criterion", "SiteCriterion", "bind", "out_rows", "taps", "stream", "CalibrationError",
            "Random", "L1", "L2", "LpNorm", "BNScale", "APoZ", "Taylor", "Taylor2019", "ThiNet", "LASSO"]

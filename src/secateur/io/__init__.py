@@ -15,6 +15,7 @@ from secateur.io._atomic import atomic_dir, atomic_file
 from secateur.io._checkpoint import LoadError, load_state_dict_file
 from secateur.io._pruned import load, save
 from secateur.io._sparse import load_sparse, save_sparse, sparse_bytes
+from secateur.io._state import serialized_size
 
 # The ONNX functions load on first use: secateur.io.onnx imports secateur.measure, which imports
 # secateur.io, so importing it here would be circular.
@@ -30,4 +31,4 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = ["LoadError", "OnnxError", "atomic_dir", "atomic_file", "check_onnx", "export_onnx", "load", "load_sparse", "load_state_dict_file",
-           "ort_accuracy", "ort_latency", "quantize_int8", "save", "save_sparse", "sparse_bytes", "to_fp16"]
+           "ort_accuracy", "ort_latency", "quantize_int8", "save", "save_sparse", "serialized_size", "sparse_bytes", "to_fp16"]

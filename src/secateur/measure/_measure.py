@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from secateur.io._state import serialized_size
+from secateur.io import serialized_size
 from secateur.forward import checked_forward, eval_mode
 from secateur.measure.stats import Stats
 

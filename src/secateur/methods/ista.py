@@ -27,6 +27,7 @@ from ..surgery import apply
 from ..layers import handler_for
 from ..train import Callback, Optim
 from ._common import BN, Result, Stages, bn_layers, check_epochs, record
+from ._registry import Data, Method, register
 
 
 class ProximalL1(Callback):
@@ -183,3 +184,11 @@ def ista(model: nn.Module, train_loader, example_inputs, config: ISTA = ISTA(), 
     result.records.append(record("finetuned", pruned, x, eval_loader))
     result.model = pruned
     return result
+
+
+def _run(model, config: ISTA, data: Data, **how) -> Result:
+    return ista(model, data.train_loader, data.example_inputs, config, eval_loader=data.eval_loader, **how)
+
+
+register(Method("ista", ISTA, _run, needs=("train_loader",),
+                finetune={"epochs": "finetune_epochs", "optim": "finetune_optim"}))

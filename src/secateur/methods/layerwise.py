@@ -32,6 +32,7 @@ from ..plan import Plan, Target, layer_facts, make_plan
 from ..surgery import apply
 from ..train import Optim
 from ._common import Result, Stages, check_epochs, record
+from ._registry import Data, Method, register
 
 
 @dataclass(frozen=True)
@@ -200,3 +201,15 @@ def gap_head(model: nn.Module) -> nn.Module:
     model.avgpool = nn.AdaptiveAvgPool2d(1)
     model.classifier = nn.Linear(convs[-1].out_channels, linears[-1].out_features).to(p.device, p.dtype)
     return model
+
+
+def _registered(step):
+    def run(model, config: _Layerwise, data: Data, *, seed: int = 0, **how) -> Result:
+        return _run(model, data.calibration, data.example_inputs, config, step, train_loader=data.train_loader,
+                    eval_loader=data.eval_loader, **how)
+    return run
+
+
+for _name, _config, _step in (("thinet", ThiNet, _thinet_step), ("channel-pruning", ChannelPruning, _lasso_step)):
+    register(Method(_name, _config, _registered(_step), needs=("calibration",),
+                    finetune={"epochs": "finetune_epochs", "optim": "optim"}))

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..train import Optim
 from ._common import Result, Stages, check_epochs, record
+from ._registry import Data, Method, register
 from ._magnitude_masks import HoldMasks, apply_masks_, magnitude_masks, sparsity
 
 
@@ -21,17 +22,21 @@ from ._magnitude_masks import HoldMasks, apply_masks_, magnitude_masks, sparsity
 class Magnitude:
     """qualities: one prune-and-retrain round per entry; each round removes the weights below
     quality x std of the layer (pruned weights count as zeros, so later rounds need larger values).
-    epochs: retraining epochs per round. layers: module names to prune (default every conv/linear)."""
+    epochs: retraining epochs per round. layers: module names to prune (default every conv/linear).
+    values: how the kept weights are stored when the result is saved sparse (fp32, fp16 or int8)."""
 
     qualities: tuple[float, ...] = (1.0, 1.5, 2.0, 2.2)
     epochs: int = 2
     layers: tuple[str, ...] | None = None
     optim: Optim = field(default_factory=lambda: Optim(lr=0.01))
+    values: str = "fp16"
 
     def __post_init__(self):
         if not self.qualities or any(not (isinstance(q, (int, float)) and q >= 0) for q in self.qualities):
             raise ValueError(f"qualities={self.qualities!r} must be a non-empty sequence of numbers >= 0")
         check_epochs(epochs=self.epochs)
+        if self.values not in ("fp32", "fp16", "int8"):
+            raise ValueError(f"values={self.values!r}; allowed: fp16, int8, fp32")
 
 
 def magnitude(model: nn.Module, train_loader, example_inputs, config: Magnitude = Magnitude(), *,
@@ -58,3 +63,10 @@ def _record(stage, model, x, eval_loader, layers: Iterable[str] | None, r: int, 
     s = sparsity(model, layers)
     return record(stage, model, x, eval_loader, round=r, quality=quality, nonzero=s["nonzero"],
                   total=s["total"], compression=s["compression"])
+
+
+def _run(model, config: Magnitude, data: Data, **how) -> Result:
+    return magnitude(model, data.train_loader, data.example_inputs, config, eval_loader=data.eval_loader, **how)
+
+
+register(Method("han", Magnitude, _run, needs=("train_loader",), finetune={"optim": "optim"}))

@@ -24,6 +24,7 @@ from ..prune import plan_pruning
 from ..surgery import apply
 from ..train import Callback, Optim
 from ._common import Result, Stages, bn_layers, check_epochs, record
+from ._registry import Data, Method, register
 
 
 class SparsityL1(Callback):
@@ -114,3 +115,11 @@ def prune_by(model: nn.Module, example_inputs, target: Target, ignore: Iterable 
     graph = trace(model, x, ignore=ignore)
     plan = plan_pruning(model, graph, BNScale(), target)
     return apply(copy.deepcopy(model), graph, plan)
+
+
+def _run(model, config: Slimming, data: Data, **how) -> Result:
+    return slimming(model, data.train_loader, data.example_inputs, config, eval_loader=data.eval_loader, **how)
+
+
+register(Method("slimming", Slimming, _run, needs=("train_loader",),
+                finetune={"epochs": "finetune_epochs", "optim": "finetune_optim"}))

@@ -1,0 +1,88 @@
+"""Prune once by an importance criterion, then fine-tune: Li et al., "Pruning Filters for Efficient
+ConvNets" (ICLR 2017) with ``criterion=L1()`` and ``inner_only=True`` (a ResNet's first conv of each
+block only), and the same recipe with any other criterion, amount, MAC target or per-layer amounts.
+
+    result = one_shot(model, x, OneShot(criterion=L1(), amount=0.5, finetune_epochs=3), train_loader=train)
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from ..criteria import L1, Criterion
+from ..graph import Role, trace
+from ..plan import Target
+from ..prune import prune
+from ..train import Optim
+from ._common import Result, Stages, check_epochs, record
+from ._registry import Data, Method, register
+from .layerwise import ThiNet, chosen_groups
+
+
+@dataclass(frozen=True)
+class OneShot:
+    """criterion: what ranks the channels (a data criterion records ``calibration``); exactly one of
+    ``amount`` (fraction of each group's channels), ``macs`` (fraction of MACs to keep) and
+    ``layer_amounts`` (per producing layer, e.g. from ``secateur sensitivity``); the planner options
+    of :func:`secateur.prune`; ``inner_only``: prune only the convs inside blocks (Li et al.)."""
+
+    criterion: Criterion = field(default_factory=L1)
+    amount: float | None = None
+    macs: float | None = None
+    layer_amounts: Mapping[str, float] | None = None
+    global_ranking: bool = False
+    round_to: int = 1
+    min_channels: int = 1
+    max_amount: float = 1.0
+    inner_only: bool = False
+    finetune_epochs: int = 0
+    finetune_optim: Optim = field(default_factory=lambda: Optim(lr=0.01))
+
+    def __post_init__(self):
+        check_epochs(finetune_epochs=self.finetune_epochs)
+        if self.layer_amounts is not None:
+            if self.amount is not None or self.macs is not None or self.global_ranking or self.max_amount != 1.0:
+                raise ValueError("layer_amounts= (per-layer amounts) replaces amount=, macs=, global_ranking= "
+                                 "and max_amount=")
+            return
+        Target(amount=self.amount, macs=self.macs, global_ranking=self.global_ranking,
+               min_channels=self.min_channels, round_to=self.round_to, max_amount=self.max_amount)
+
+
+def one_shot(model: nn.Module, example_inputs, config: OneShot, *, calibration=None, train_loader=None,
+             eval_loader=None, checkpoint=None, resume: bool = False, progress: bool = True, seed: int = 0,
+             compile: bool = False) -> Result:
+    """Prune a copy of ``model`` once by ``config.criterion``, then fine-tune it ``finetune_epochs``."""
+    if config.finetune_epochs and train_loader is None:
+        raise ValueError("OneShot finetune_epochs > 0 needs train_loader=")
+    ignore = _outer_layers(model, example_inputs) if config.inner_only else ()
+    amount = dict(config.layer_amounts) if config.layer_amounts is not None else config.amount
+    small = prune(model, example_inputs, config.criterion, amount=amount, target_macs=config.macs,
+                  global_ranking=config.global_ranking, round_to=config.round_to, min_channels=config.min_channels,
+                  max_amount=config.max_amount, ignore=ignore, data=calibration)
+    result = Result(small, [record("baseline", model, example_inputs, eval_loader),
+                            record("pruned", small, example_inputs, eval_loader)])
+    if config.finetune_epochs:
+        stages = Stages(checkpoint, resume, progress, seed, compile)
+        result.history = stages.fit(small, train_loader, "finetune", epochs=config.finetune_epochs,
+                                    optim=config.finetune_optim, eval_loader=eval_loader)
+        result.records.append(record("finetuned", small, example_inputs, eval_loader))
+    return result
+
+
+def _outer_layers(model: nn.Module, x) -> list[str]:
+    """Every producer except the convs inside blocks (Li et al.: a ResNet's first conv per block)."""
+    graph = trace(model, x)
+    inner = set(chosen_groups(model, graph, ThiNet(amount=0.5)))
+    return [n for g in graph.prunable for n in g.modules(Role.OUT) if n not in inner]
+
+
+def _run(model, config: OneShot, data: Data, **how) -> Result:
+    return one_shot(model, data.example_inputs, config, calibration=data.calibration,
+                    train_loader=data.train_loader, eval_loader=data.eval_loader, **how)
+
+
+register(Method("prune", OneShot, _run, finetune={"epochs": "finetune_epochs", "optim": "finetune_optim"},
+                files={"ratios": ("layer_amounts", "ratios")}))
