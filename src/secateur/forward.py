@@ -6,7 +6,9 @@ a one-line ``ValueError``; ``tracked_forward`` hands the failing module to the c
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -30,6 +32,90 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, mode in modes:
             m.training = mode
+
+
+Inputs = tuple[torch.Tensor, ...]
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of ``error``'s message (its type name when empty), cut to ``limit`` characters."""
+    text = str(error).strip()
+    line = text.splitlines()[0].strip() if text else type(error).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _synchronizer(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    if device.type == "mps":
+        return torch.mps.synchronize
+    return lambda: None
+
+
+def time_forward(model: nn.Module, inputs: Inputs, *, repeats: int, warmup: int) -> list[float]:
+    """Seconds of each of ``repeats`` timed ``model(*inputs)`` calls, after ``warmup`` untimed ones.
+
+    The device is synchronised around every timed call when the inputs live on an accelerator.
+    """
+    sync = _synchronizer(inputs[0].device if inputs else torch.device("cpu"))
+    for _ in range(warmup):
+        model(*inputs)
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(*inputs)
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+@contextmanager
+def inference(model: nn.Module, threads: int | None) -> Iterator[None]:
+    """Eval mode, ``no_grad`` and ``threads`` intra-op threads; every module's mode and the thread
+    count are restored on exit."""
+    old_threads = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        with torch.no_grad(), eval_mode(model):
+            yield
+    finally:
+        if threads is not None:
+            torch.set_num_threads(old_threads)
+
+
+def as_inputs(example_inputs: torch.Tensor | tuple[torch.Tensor, ...], device: torch.device) -> Inputs:
+    items = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+
+    def moved(x):   # a tensor, or a list of them (a detector's images)
+        if isinstance(x, torch.Tensor):
+            return x.to(device)
+        if isinstance(x, list) and x and all(isinstance(t, torch.Tensor) for t in x):
+            return [t.to(device) for t in x]
+        raise TypeError
+    try:
+        return tuple(moved(x) for x in items)
+    except TypeError:
+        kinds = ", ".join(type(x).__name__ for x in items)
+        raise TypeError(f"example_inputs must be a Tensor, a tuple of Tensors or a list of image Tensors, "
+                        f"got ({kinds})") from None
+
+
+def with_batch(inputs: Inputs, batch: int) -> Inputs:
+    """Inputs with ``batch`` rows, the example's rows repeated (or cut) along dim 0."""
+    def resized(x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, list):   # a detector's list of images
+            return [x[i % len(x)] for i in range(batch)]
+        reps = math.ceil(batch / x.shape[0])
+        return x.repeat(reps, *[1] * (x.dim() - 1))[:batch].contiguous()
+    return tuple(resized(x) for x in inputs)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 def shape_of(x: Any) -> str:

@@ -2,10 +2,12 @@
 
 Weight criteria (Random, L1, L2, BNScale) need nothing else; data criteria (APoZ, Taylor, Taylor2019,
 ThiNet, LASSO) record a calibration loader first: ``secateur.prune(model, x, APoZ(), amount=0.3,
-data=loader)``. ``taps``/``stream`` are the recording machinery they share.
+data=loader)``. ``taps``/``stream`` are the recording machinery they share; ``consumers``/``readable``/
+``sample`` the input windows ThiNet and LASSO (criteria and methods) reconstruct from.
 """
 from ._base import Criterion, SiteCriterion, bind, out_rows
 from ._record import CalibrationError, stream, taps
+from ._windows import consumers, readable, sample
 from .activation import APoZ, Taylor, Taylor2019
 from .lasso import LASSO
 from .thinet import ThiNet
@@ -31,5 +33,5 @@ def name_of(criterion: Criterion) -> str:
     return found
 
 
-__all__ = ["NAMES", "by_name", "name_of", "Criterion", "SiteCriterion", "bind", "out_rows", "taps", "stream", "CalibrationError",
+__all__ = ["NAMES", "by_name", "name_of", "consumers", "readable", "sample", "Criterion", "SiteCriterion", "bind", "out_rows", "taps", "stream", "CalibrationError",
            "Random", "L1", "L2", "LpNorm", "BNScale", "APoZ", "Taylor", "Taylor2019", "ThiNet", "LASSO"]

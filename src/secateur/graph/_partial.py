@@ -12,7 +12,7 @@ import inspect
 
 from torch import nn
 
-from ..forward import map_tensors
+from ..forward import first_line, map_tensors
 from ..layers import is_weighted
 from . import _walk
 from ._values import flat_tensors
@@ -23,20 +23,16 @@ class TraceError(ValueError):
     """The model cannot be traced, or the example inputs do not fit it."""
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
 def _input_error(model: nn.Module, inputs: tuple, what: str, exc: BaseException) -> TraceError:
     shapes = ", ".join(str(tuple(x.shape)) for x in flat_tensors(inputs))
     what = f"{what}: " if what else ""
     return TraceError(f"example inputs of shape {shapes} do not fit {type(model).__name__}: {what}"
-                      f"{_first_line(exc)}")
+                      f"{first_line(exc)}")
 
 
 def _trace_error(model: nn.Module, failure: ModuleTraceFailure) -> TraceError:
     return TraceError(f"cannot trace {type(model).__name__} in {failure.where(model)}: "
-                      f"{_first_line(failure.cause)}; make the model's own forward traceable by torch.fx, "
+                      f"{first_line(failure.cause)}; make the model's own forward traceable by torch.fx, "
                       f"or move that code into a submodule")
 
 
@@ -57,7 +53,7 @@ def _trace_graph(model: nn.Module, inputs: tuple, opaque: set[str], auto: dict[s
                     raise _input_error(model, inputs, cause.what, cause.cause) from cause.cause
                 raise _trace_error(model, failure) from cause
             inner = cause.cause if isinstance(cause, ComputeError) else cause
-            auto[key] = f"{type(inner).__name__}: {_first_line(inner)} (line {failure.line})"
+            auto[key] = f"{type(inner).__name__}: {first_line(inner)} (line {failure.line})"
             if failure.method != "forward":
                 methods.add((failure.module, failure.method))
 
@@ -109,7 +105,7 @@ def walk(model: nn.Module, inputs: tuple, opaque: set[str], rec: _walk.Record, r
         try:
             walk(model.get_submodule(name), args, set(), rec, report, f"{prefix}{name}.")
         except TraceError as exc:
-            report[prefix + name] = f"its weights stay whole: {_first_line(exc)}"
+            report[prefix + name] = f"its weights stay whole: {first_line(exc)}"
 
 
 def _capture(captured: dict, name: str):

@@ -12,13 +12,12 @@ the complete new one, never a mix (every file secateur writes goes through them)
 """
 
 from secateur.io._atomic import atomic_dir, atomic_file
-from secateur.io._checkpoint import LoadError, load_state_dict_file
+from secateur.io._checkpoint import LoadError, load_state_dict_file, read_header, read_safetensors
 from secateur.io._pruned import load, save
 from secateur.io._sparse import load_sparse, save_sparse, sparse_bytes
-from secateur.io._state import serialized_size
+from secateur.io._state import serialized_size, shippable_state_dict
 
-# The ONNX functions load on first use: secateur.io.onnx imports secateur.measure, which imports
-# secateur.io, so importing it here would be circular.
+# The ONNX functions load on first use: they need the optional onnx extra (pip install 'secateur[onnx]').
 _ONNX = ("OnnxError", "check_onnx", "export_onnx", "ort_accuracy", "ort_latency", "quantize_int8", "to_fp16")
 
 
@@ -31,4 +30,5 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = ["LoadError", "OnnxError", "atomic_dir", "atomic_file", "check_onnx", "export_onnx", "load", "load_sparse", "load_state_dict_file",
-           "ort_accuracy", "ort_latency", "quantize_int8", "save", "save_sparse", "serialized_size", "sparse_bytes", "to_fp16"]
+           "ort_accuracy", "ort_latency", "quantize_int8", "read_header", "read_safetensors", "save", "save_sparse", "serialized_size", "shippable_state_dict",
+           "sparse_bytes", "to_fp16"]

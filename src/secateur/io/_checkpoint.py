@@ -10,6 +10,8 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
+from secateur.forward import first_line
+
 __all__ = ["LoadError", "load_state_dict_file", "read_safetensors"]
 
 # Keys under which training scripts commonly nest the state_dict in a checkpoint dict.
@@ -18,13 +20,6 @@ _NESTED_KEYS = ("state_dict", "model_state_dict", "model")
 
 class LoadError(ValueError):
     """A saved model or weight file that cannot be loaded; the message names the file and the fix."""
-
-
-def _first_line(error: BaseException, limit: int = 200) -> str:
-    """The first line of ``error``'s message, cut to ``limit`` characters."""
-    text = str(error).strip()
-    line = text.splitlines()[0].strip() if text else type(error).__name__
-    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _require_file(path: Path) -> None:
@@ -38,7 +33,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return safetensors.torch.load_file(os.fspath(path), device="cpu")
     except Exception as e:  # SafetensorError derives from Exception only
-        raise LoadError(f"{path}: corrupt or truncated safetensors file ({_first_line(e)}); "
+        raise LoadError(f"{path}: corrupt or truncated safetensors file ({first_line(e)}); "
                         "save it again") from e
 
 
@@ -52,7 +47,7 @@ def read_header(spec_path: Path, fmt: str, version: int, writer: str, *,
     try:
         header = json.loads(spec_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LoadError(f"{spec_path}: not valid JSON ({_first_line(e)}); {remedy}") from e
+        raise LoadError(f"{spec_path}: not valid JSON ({first_line(e)}); {remedy}") from e
     found = (header.get("format"), header.get("version", 1)) if isinstance(header, dict) else (None, None)
     if found != (fmt, version):
         raise LoadError(f"{spec_path}: format {found[0]!r} version {found[1]!r}, expected {fmt!r} "
@@ -68,7 +63,7 @@ def _read_torch(path: Path) -> object:
         if found := re.search(r"Unsupported global: GLOBAL (\S+)", str(e)):
             raise LoadError(f"{path}: holds a {found[1]} object, which weights_only loading refuses; "
                             "save model.state_dict() or a .safetensors file instead") from e
-        raise LoadError(f"{path}: corrupt or truncated checkpoint ({_first_line(e)}); save it again") from e
+        raise LoadError(f"{path}: corrupt or truncated checkpoint ({first_line(e)}); save it again") from e
 
 
 def _as_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:

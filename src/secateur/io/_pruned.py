@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from secateur.io._atomic import atomic_dir
-from secateur.io._checkpoint import LoadError, _first_line, read_header, read_safetensors
+from secateur.forward import first_line
+from secateur.io._checkpoint import LoadError, read_header, read_safetensors
 from secateur.io._spec import (
     ArchitectureMismatch,
     ModuleSpec,
@@ -89,7 +90,7 @@ def _read_header(root: Path) -> tuple[dict[str, ModuleSpec], dict[str, str], dic
         aliases = {str(k): str(v) for k, v in header.get("aliases", {}).items()}
         ranks = {str(k): int(v) for k, v in header.get("low_rank", {}).items()}
     except (AttributeError, KeyError, TypeError, ValueError) as e:
-        raise LoadError(f"{spec_path}: malformed ({type(e).__name__}: {_first_line(e)}); "
+        raise LoadError(f"{spec_path}: malformed ({type(e).__name__}: {first_line(e)}); "
                         "save the model again") from e
     return specs, aliases, ranks
 

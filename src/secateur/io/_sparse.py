@@ -32,7 +32,8 @@ from scipy.cluster.vq import kmeans2
 from torch import nn
 
 from secateur.io._atomic import atomic_dir
-from secateur.io._checkpoint import LoadError, _first_line, read_header, read_safetensors
+from secateur.forward import first_line
+from secateur.io._checkpoint import LoadError, read_header, read_safetensors
 from secateur.io._pruned import _dumps   # one line per tensor
 from secateur.io._state import shippable_state_dict
 
@@ -179,10 +180,10 @@ def _decode_tensor(key: str, info: Any, state: dict[str, torch.Tensor], where: P
         parts = ["gaps", "values"] + (["codebook"] if kind == "int8" else [])
         gaps, vals, *book = (state.pop(f"{key}::{p}") for p in parts)
     except KeyError as e:
-        raise LoadError(f"{where}: sparse tensor {key!r}: missing {_first_line(e)}; "
+        raise LoadError(f"{where}: sparse tensor {key!r}: missing {first_line(e)}; "
                         "the files do not belong together, save the model again") from e
     except (AttributeError, TypeError, ValueError) as e:
-        raise LoadError(f"{where}: sparse tensor {key!r}: malformed entry ({_first_line(e)}); "
+        raise LoadError(f"{where}: sparse tensor {key!r}: malformed entry ({first_line(e)}); "
                         "save the model again") from e
     _check_shape(key, shape, expected, where)
     ok = (gaps.dtype == torch.uint8 and vals.dtype == _VALUE_DTYPES[kind] and gaps.dim() == vals.dim() == 1

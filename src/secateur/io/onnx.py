@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from secateur.io._atomic import atomic_file
-from secateur.io._checkpoint import LoadError, _first_line
-from secateur.measure._measure import _as_inputs, _inference, _model_device, time_forward
+from secateur.io._checkpoint import LoadError
+from secateur.forward import as_inputs, first_line, inference, model_device, time_forward
 from secateur.forward import checked_forward
 
 __all__ = ["OnnxError", "check_onnx", "export_onnx", "ort_accuracy", "ort_latency", "quantize_int8", "to_fp16"]
@@ -85,15 +85,15 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor | Inputs, path: P
     onnx, top = _onnx(), _onnx().defs.onnx_opset_version()
     if opset is not None and (type(opset) is not int or not 7 <= opset <= top):
         raise ValueError(f"opset={opset!r}: need an int from 7 to {top} (or None)")
-    inputs = _as_inputs(example_inputs, _model_device(model))
-    with atomic_file(target, overwrite=overwrite) as tmp, _inference(model, None):
+    inputs = as_inputs(example_inputs, model_device(model))
+    with atomic_file(target, overwrite=overwrite) as tmp, inference(model, None):
         checked_forward(model, inputs)
         _export(model, inputs, tmp, opset, dynamic_batch)
         try:
             onnx.checker.check_model(os.fspath(tmp), full_check=True)
         except Exception as e:
             raise OnnxError(f"{type(model).__name__}: the exported ONNX graph fails onnx.checker "
-                            f"({_first_line(e)}); try another opset=") from e
+                            f"({first_line(e)}); try another opset=") from e
     return target
 
 
@@ -138,7 +138,7 @@ def _root_line(error: BaseException) -> str:
     """``Type: first line`` of the innermost cause of ``error`` (torch.onnx wraps the real reason)."""
     while error.__cause__ is not None:
         error = error.__cause__
-    return f"{type(error).__name__}: {_ANSI.sub('', _first_line(error))}"
+    return f"{type(error).__name__}: {_ANSI.sub('', first_line(error))}"
 
 
 def _leaves(out: Any) -> list[torch.Tensor]:
@@ -169,7 +169,7 @@ def _session(path: PathLike, *, threads: int | None = None) -> Any:
     try:
         return ort.InferenceSession(os.fspath(p), opts, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise LoadError(f"{p}: ONNX Runtime cannot load it ({_first_line(e)}); "
+        raise LoadError(f"{p}: ONNX Runtime cannot load it ({first_line(e)}); "
                         "write it again with export_onnx") from e
 
 
@@ -194,7 +194,7 @@ def _run(session: Any, feed: dict[str, np.ndarray], path: PathLike) -> list[np.n
         return session.run(None, feed)
     except Exception as e:
         shapes = ", ".join(str(v.shape) for v in feed.values())
-        raise OnnxError(f"{path}: ONNX Runtime failed on input of shape {shapes} ({_first_line(e)}); "
+        raise OnnxError(f"{path}: ONNX Runtime failed on input of shape {shapes} ({first_line(e)}); "
                         "export with the input shape you run (dynamic_batch=True for other batch sizes)") from e
 
 
@@ -212,8 +212,8 @@ def check_onnx(path: PathLike, model: nn.Module, example_inputs: torch.Tensor | 
     if rtol < 0 or atol < 0:
         raise ValueError(f"need rtol >= 0 and atol >= 0, got rtol={rtol}, atol={atol}")
     session = _session(path)
-    inputs = _as_inputs(example_inputs, _model_device(model))
-    with _inference(model, None):
+    inputs = as_inputs(example_inputs, model_device(model))
+    with inference(model, None):
         refs = _leaves(checked_forward(model, inputs))
     outs = _run(session, _feed(session, inputs, path), path)
     if len(outs) != len(refs):
@@ -247,7 +247,7 @@ def ort_latency(path: PathLike, example_inputs: torch.Tensor | Inputs, *, thread
         raise ValueError(f"need repeats >= 1, warmup >= 0, threads >= 1; got repeats={repeats}, "
                          f"warmup={warmup}, threads={threads}")
     session = _session(path, threads=threads)
-    inputs = _as_inputs(example_inputs, torch.device("cpu"))
+    inputs = as_inputs(example_inputs, torch.device("cpu"))
     feed = _feed(session, inputs, path)
     _run(session, feed, path)
     times = time_forward(lambda *_: session.run(None, feed), inputs,  # type: ignore[arg-type]
@@ -293,7 +293,7 @@ def _require_onnx(src: PathLike) -> Any:
         model = onnx.load(os.fspath(p))
         onnx.checker.check_model(model)
     except Exception as e:
-        raise LoadError(f"{p}: not a valid ONNX model ({_first_line(e)}); write it again with export_onnx") from e
+        raise LoadError(f"{p}: not a valid ONNX model ({first_line(e)}); write it again with export_onnx") from e
     return model
 
 
@@ -315,7 +315,7 @@ def to_fp16(src: PathLike, dst: PathLike, *, overwrite: bool = False) -> Path:
             onnx.save(half.model, os.fspath(tmp))
             onnx.checker.check_model(os.fspath(tmp))
         except Exception as e:
-            raise OnnxError(f"{src}: float16 conversion failed ({_first_line(e)}); "
+            raise OnnxError(f"{src}: float16 conversion failed ({first_line(e)}); "
                             "export it again with export_onnx") from e
     return Path(dst)
 
@@ -357,7 +357,7 @@ def quantize_int8(src: PathLike, dst: PathLike, *, calibration: Iterable[Any] | 
         try:
             quant_pre_process(os.fspath(src), os.fspath(pre))
         except Exception as e:
-            raise OnnxError(f"{src}: quant_pre_process failed ({_first_line(e)}); "
+            raise OnnxError(f"{src}: quant_pre_process failed ({first_line(e)}); "
                             "export it again with export_onnx") from e
         if calibration is None:
             _quantize(src, lambda: quantize_dynamic(pre, tmp))
@@ -381,5 +381,5 @@ def _quantize(src: PathLike, call: Any) -> None:
             warnings.simplefilter("ignore")
             call()
     except Exception as e:
-        raise OnnxError(f"{src}: int8 quantisation failed ({_first_line(e)}); "
+        raise OnnxError(f"{src}: int8 quantisation failed ({first_line(e)}); "
                         "export it again with export_onnx, or quantise without calibration") from e

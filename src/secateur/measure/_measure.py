@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import copy
-import math
 import os
 import statistics
-import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from secateur.io import serialized_size
-from secateur.forward import checked_forward, eval_mode
+from secateur.forward import Inputs, as_inputs, checked_forward, inference, model_device, time_forward, with_batch
 from secateur.measure.stats import Stats
 
 __all__ = ["count_macs", "count_params", "measure", "time_forward"]
 
-Inputs = tuple[torch.Tensor, ...]
 
 
 def count_params(model: nn.Module) -> int:
@@ -39,80 +34,6 @@ def count_macs(model: nn.Module, inputs: Inputs | torch.Tensor) -> int:
     with FlopCounterMode(display=False) as counter:
         model(*inputs)
     return counter.get_total_flops() // 2
-
-
-def _synchronizer(device: torch.device) -> Callable[[], None]:
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    if device.type == "mps":
-        return torch.mps.synchronize
-    return lambda: None
-
-
-def time_forward(model: nn.Module, inputs: Inputs, *, repeats: int, warmup: int) -> list[float]:
-    """Seconds of each of ``repeats`` timed ``model(*inputs)`` calls, after ``warmup`` untimed ones.
-
-    The device is synchronised around every timed call when the inputs live on an accelerator.
-    """
-    sync = _synchronizer(inputs[0].device if inputs else torch.device("cpu"))
-    for _ in range(warmup):
-        model(*inputs)
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(*inputs)
-        sync()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-@contextmanager
-def _inference(model: nn.Module, threads: int | None) -> Iterator[None]:
-    """Eval mode, ``no_grad`` and ``threads`` intra-op threads; every module's mode and the thread
-    count are restored on exit."""
-    old_threads = torch.get_num_threads()
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        with torch.no_grad(), eval_mode(model):
-            yield
-    finally:
-        if threads is not None:
-            torch.set_num_threads(old_threads)
-
-
-def _as_inputs(example_inputs: torch.Tensor | tuple[torch.Tensor, ...], device: torch.device) -> Inputs:
-    items = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-
-    def moved(x):   # a tensor, or a list of them (a detector's images)
-        if isinstance(x, torch.Tensor):
-            return x.to(device)
-        if isinstance(x, list) and x and all(isinstance(t, torch.Tensor) for t in x):
-            return [t.to(device) for t in x]
-        raise TypeError
-    try:
-        return tuple(moved(x) for x in items)
-    except TypeError:
-        kinds = ", ".join(type(x).__name__ for x in items)
-        raise TypeError(f"example_inputs must be a Tensor, a tuple of Tensors or a list of image Tensors, "
-                        f"got ({kinds})") from None
-
-
-def _with_batch(inputs: Inputs, batch: int) -> Inputs:
-    """Inputs with ``batch`` rows, the example's rows repeated (or cut) along dim 0."""
-    def resized(x: torch.Tensor) -> torch.Tensor:
-        if isinstance(x, list):   # a detector's list of images
-            return [x[i % len(x)] for i in range(batch)]
-        reps = math.ceil(batch / x.shape[0])
-        return x.repeat(reps, *[1] * (x.dim() - 1))[:batch].contiguous()
-    return tuple(resized(x) for x in inputs)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 _warned_wait_policy = False
@@ -171,14 +92,14 @@ def measure(
     if repeats < 1 or warmup < 0 or any(v is not None and v < 1 for v in (batch, threads)):
         raise ValueError(f"need repeats >= 1, warmup >= 0, batch and threads >= 1 or None; got "
                          f"repeats={repeats}, warmup={warmup}, batch={batch}, threads={threads}")
-    inputs = _as_inputs(example_inputs, _model_device(model))
-    with _inference(model, threads):
+    inputs = as_inputs(example_inputs, model_device(model))
+    with inference(model, threads):
         checked_forward(model, inputs)
         macs = count_macs(model, inputs)
         median = spread = None
         if latency:
             _check_wait_policy(torch.get_num_threads(), inputs[0].device if inputs else torch.device("cpu"))
-            timed = inputs if batch is None else _with_batch(inputs, batch)
+            timed = inputs if batch is None else with_batch(inputs, batch)
             median, spread = _latency(model, timed, repeats=repeats, warmup=warmup,
                                       channels_last=channels_last)
     return Stats(params=count_params(model), macs=macs, latency_ms=median,

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from secateur.train._callbacks import Callback
+from secateur.train import Callback
 
 __all__ = ["HoldMasks", "apply_masks_", "magnitude_masks", "prunable_weights", "sparsity"]
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ..criteria import lasso as _lasso
 from ..criteria import thinet as _thinet
-from ..criteria._windows import consumers, readable, sample
+from ..criteria import consumers, readable, sample
 from ..graph import ChannelGroup, Graph, Role, trace
 from ..plan import Plan, Target, layer_facts, make_plan
 from ..surgery import apply

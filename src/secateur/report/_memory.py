@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from secateur.measure._measure import _as_inputs, _inference, _model_device
+from secateur.forward import as_inputs, inference, model_device
 from secateur.forward import checked_forward
 
 __all__ = ["peak_memory", "weight_bytes", "widths"]
@@ -108,12 +108,12 @@ def peak_memory(model: nn.Module, example_inputs: Inputs, *, threads: int | None
     """
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"peak_memory: threads={threads!r} must be an int >= 1 or None")
-    device = _model_device(model)
-    inputs = _as_inputs(example_inputs, device)
+    device = model_device(model)
+    inputs = as_inputs(example_inputs, device)
     input_bytes = sum(x.untyped_storage().nbytes() for x in {x.untyped_storage().data_ptr(): x
                                                              for x in inputs}.values())
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with _inference(model, threads):
+    with inference(model, threads):
         checked_forward(model, inputs)  # warm-up, and a one-line error for inputs that do not fit
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -152,8 +152,8 @@ def widths(model: nn.Module, example_inputs: Inputs | None = None) -> dict[str, 
     handles = [m.register_forward_hook(lambda mod, args, out, name=name: order.append(name))
                for name, m in layers.items()]
     try:
-        with _inference(model, None):
-            checked_forward(model, _as_inputs(example_inputs, _model_device(model)))
+        with inference(model, None):
+            checked_forward(model, as_inputs(example_inputs, model_device(model)))
     finally:
         for handle in handles:
             handle.remove()

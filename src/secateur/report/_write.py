@@ -14,7 +14,7 @@ from torch import nn
 
 from secateur.io import atomic_dir
 from secateur.measure import measure
-from secateur.measure._measure import _as_inputs, _model_device, _with_batch
+from secateur.forward import as_inputs, model_device, with_batch
 from secateur.measure.stats import _si, _size
 from secateur.report._memory import peak_memory, widths
 from secateur.report._plots import plot_acc_vs_macs, plot_finetune, plot_gammas, plot_widths
@@ -65,7 +65,7 @@ def _validate(records, history, accuracy, onnx) -> None:
 
 def _cpu(model: nn.Module) -> nn.Module:
     """``model`` itself when it lives on the CPU, else a CPU copy (the caller's model is not moved)."""
-    return model if _model_device(model).type == "cpu" else copy.deepcopy(model).cpu()
+    return model if model_device(model).type == "cpu" else copy.deepcopy(model).cpu()
 
 
 def _ratio(after: float | None, before: float | None) -> str:
@@ -98,7 +98,7 @@ def _measurements(model: nn.Module, x1: tuple[torch.Tensor, ...], batches: Seque
     out: dict = {}
     for b in batches:
         stats = measure(model, x1, batch=b, repeats=repeats, warmup=max(1, repeats // 3), threads=threads)
-        mem = peak_memory(model, _with_batch(x1, b))
+        mem = peak_memory(model, with_batch(x1, b))
         out.update({"params": stats.params, "macs": stats.macs, "bytes": stats.bytes,
                     "weights_bytes": mem["weights_bytes"],
                     f"latency_ms_b{b}": stats.latency_ms, f"latency_spread_ms_b{b}": stats.latency_spread_ms,
@@ -198,7 +198,7 @@ def write_report(directory: str | os.PathLike[str], *, before: nn.Module, after:
         raise ValueError(f"write_report: batches={batches!r} must be a non-empty list of ints >= 1")
     if os.path.lexists(target) and not overwrite:
         raise FileExistsError(f"report directory {target} already exists; pass overwrite=True to replace it")
-    x1 = _with_batch(_as_inputs(example_inputs, torch.device("cpu")), 1)
+    x1 = with_batch(as_inputs(example_inputs, torch.device("cpu")), 1)
     cpu_before, cpu_after = _cpu(before), _cpu(after)
     used_threads = threads if threads is not None else torch.get_num_threads()
     m0 = _measurements(cpu_before, x1, batches, repeats, threads)

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from ..io import atomic_dir
-from ..io._checkpoint import LoadError, _first_line, read_header, read_safetensors
-from ..io._state import shippable_state_dict
+from ..forward import first_line
+from ..io import LoadError, read_header, read_safetensors, shippable_state_dict
 from ._callbacks import Callback
 
 FORMAT, VERSION = "secateur-train", 1
@@ -99,7 +99,7 @@ def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
     try:
         opt.load_state_dict({"state": state, "param_groups": header["param_groups"]})
     except (ValueError, KeyError) as e:
-        raise LoadError(f"{path}: optimiser state does not fit this run ({_first_line(e)}); "
+        raise LoadError(f"{path}: optimiser state does not fit this run ({first_line(e)}); "
                         "use a new directory") from e
     model.load_state_dict(weights)
     for i, cb in enumerate(callbacks):
