@@ -20,6 +20,7 @@ import torch
 import torch.fx as fx
 
 from ._movement import line, varying_axes
+from ._types import TInfo
 
 
 def _aligned(t, value: torch.Tensor, rank: int):
@@ -33,7 +34,6 @@ def _aligned(t, value: torch.Tensor, rank: int):
 
 
 def matmul(w, n: fx.Node, args, kwargs, out):
-    from ._walk import TInfo
     a, b = (args[0], args[1]) if len(args) > 1 else (args[0], kwargs.get("other", kwargs.get("mat2")))
     if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and isinstance(out, torch.Tensor)
             and a.ndim >= 2 and b.ndim >= 2):

@@ -17,6 +17,8 @@ import operator
 import numpy as np
 import torch.fx as fx
 
+from ._types import TInfo
+
 Prov = frozenset   # of read keys: (node name, dim), or (WIDTH, "module.attr") for a block's width
 NONE: Prov = frozenset()
 WIDTH = "@width"   # a width a registered block keeps in an attribute and re-syncs after surgery
@@ -42,7 +44,6 @@ def reads_of(value) -> Prov:
 
 
 def _read(w, node: fx.Node, dim: int) -> Prov:
-    from ._walk import TInfo
     t = w.info.get(node)
     if not isinstance(t, TInfo) or t.ids is None or dim % max(len(t.shape), 1) not in t.dims:
         return NONE

@@ -12,66 +12,21 @@ from __future__ import annotations
 import itertools
 import operator
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from ..forward import signature
 from . import _ops, _sizes
 from ._movement import constrain, moving, tie_along
-from ._types import Call, Role, Site
+from ._types import Record, Role, Site, TInfo
 from ._values import data_sized, flat_tensors, has_tensor, mutable, rebuild, same_objects
 
 
 class InputError(ValueError):
     """The model's forward failed on the example inputs."""
-
-
-@dataclass
-class TInfo:
-    """What the walk knows about one tensor value."""
-
-    shape: tuple[int, ...]
-    dims: tuple[int, ...] = ()          # dims that carry channel units
-    ids: np.ndarray | None = None       # unit id per channel position, shape [shape[d] for d in dims]
-    attr: str | None = None             # qualified name when the tensor is a model parameter/buffer
-    attr_dim: int | None = None         # for a reshaped view of a per-channel parameter: its sliced dim
-
-
-@dataclass
-class Record:
-    """Everything the walk found; :mod:`.core` turns it into channel groups."""
-
-    n_ids: int = 0
-    edges: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
-    frozen: list[tuple[np.ndarray, str]] = field(default_factory=list)
-    inexact: list[np.ndarray] = field(default_factory=list)   # units whose removal changes the output
-    sites: list[Site] = field(default_factory=list)
-    calls: list[Call] = field(default_factory=list)
-    bn_after: dict[str, str] = field(default_factory=dict)   # conv name -> the BN that alone reads it
-    outputs: list = field(default_factory=list)               # the output's structure and shapes
-    out_ids: dict[str, np.ndarray] = field(default_factory=dict)        # layer -> its output units
-    site_of: dict[tuple, int] = field(default_factory=dict)             # (layer, role, param) -> site
-    _comp: tuple = field(default=(None, None), repr=False)              # components(), cached
-
-    def components(self) -> np.ndarray:
-        """The unit each id belongs to, as tied so far."""
-        key = (self.n_ids, len(self.edges))
-        if self._comp[0] != key:
-            self._comp = key, self._components()
-        return self._comp[1]
-
-    def _components(self) -> np.ndarray:
-        n = max(self.n_ids, 1)
-        a, b = ((np.concatenate([e[i] for e in self.edges]) for i in (0, 1)) if self.edges
-                else (np.zeros(0, np.int64),) * 2)
-        return connected_components(coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n)),
-                                    directed=False)[1]
 
 
 def _along(t: TInfo, dim: int, size: int) -> np.ndarray | None:
