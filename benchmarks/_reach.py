@@ -196,3 +196,27 @@ def tracers(quick: bool) -> list[dict]:
     for how in TRACERS:
         print(f"{how}: {sum(r[how].startswith('ok') for r in rows)}/{len(rows)} models")
     return rows
+
+
+def readme_table(rows: list[dict]) -> str:
+    """The README's reach table from the rows of engine_reach.json."""
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "–"
+        if r["ok"]:
+            return f"{r['macs_ratio']:.2f}"
+        err = str(r.get("error") or "")
+        return "timeout" if "killed" in err else f"fails: {err.split(':')[0]}"
+    lines = ["| model | groups (prunable, exact) | exact probe: secateur / Torch-Pruning | kept whole besides inputs "
+             "and outputs | secateur 30 % / ½ MACs | Torch-Pruning 30 % / ½ MACs |", "|---|---|---|---|---|---|"]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        get = {(r["tool"], next(iter(r["target"]))): r for r in rows if r["model"] == model}
+        ours, theirs = get.get(("secateur", "amount")) or {}, get.get(("torch-pruning", "amount")) or {}
+        probe = " / ".join("–" if r.get("exact_probe") is None else f"{r['exact_probe']:.0e}" for r in (ours, theirs))
+        whole = "; ".join(f"{n}× {why}" for why, n in (ours.get("frozen") or {}).items()
+                          if why != "model output" and not why.startswith("model input")) or "–"
+        lines.append(f"| {model} | {ours.get('groups')} ({ours.get('prunable')}, {ours.get('exact_groups')}) | {probe} "
+                     f"| {whole} | {cell(get.get(('secateur', 'amount')))} / {cell(get.get(('secateur', 'macs')))} "
+                     f"| {cell(get.get(('torch-pruning', 'amount')))} / {cell(get.get(('torch-pruning', 'macs')))} |")
+    return "\n".join(lines)
+

@@ -156,6 +156,21 @@ class LinearAttention(nn.Module):
         return self.proj(out.transpose(-1, -2).reshape(b, -1, h, w))
 
 
+class ShapeCache(nn.Module):
+    """Ultralytics' Detect: anchors recomputed when the feature map's shape differs from the cached one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = _cbr(3, 16), nn.Conv2d(16, 4, 1)
+        self.shape = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        if self.shape != y.shape:
+            self.shape, self.grid = y.shape, torch.zeros(y.shape[-2:])
+        return self.head(y) + self.grid
+
+
 def _calibrated(model: nn.Module, x: torch.Tensor) -> nn.Module:
     torch.manual_seed(0)
     with torch.no_grad():
@@ -342,4 +357,13 @@ def test_attention_of_ultralytics_prunes_key_and_value_dims_and_keeps_its_widths
     pruned = secateur.prune(model, x, L1(), amount=0.5)
     assert pruned[1].attn.key_dim < 16 and pruned[1].attn.head_dim < 32
     assert pruned(x).shape == (1, 4, 8, 8)
+
+
+def test_a_shape_cache_check_is_not_a_use_of_the_channel_count() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    model = _calibrated(ShapeCache(), x)
+    model(x)   # the cache is filled: the trace compares against a stored shape, not None
+    graph = secateur.trace(model, x)
+    assert _group_of(graph, "a.0").prunable
+    assert _exact(model, x, graph).a[0].out_channels < 16
 

@@ -84,14 +84,25 @@ def provenance(w, n: fx.Node, args, kwargs, out):
 
 
 def guard(w, n: fx.Node) -> None:
-    """Python used ``n``'s value as a plain number: freeze the channels it was read from. Comparing a
-    size with None (``if self.shape != shape``, a cache check) does not depend on the count."""
-    if n.target in (operator.eq, operator.ne, operator.is_, operator.is_not) and None in n.args:
+    """Python used ``n``'s value as a plain number: freeze the channels it was read from. A whole
+    shape compared for (in)equality with None or a stored shape (``if self.shape != x.shape``:
+    Ultralytics' anchor cache) is a cache check, not a use of the count: after pruning it only
+    misses the cache once."""
+    if n.target in (operator.eq, operator.ne, operator.is_, operator.is_not) and _cache_check(w, n):
         return
     where = _module_of(n)
     for key in _reads(reads_of(w.info.get(n))):   # a block's own width is re-synced: not a channel read
         w.freeze_ids(w.reads[key], f"Python code{where} uses the channel count of '{key[0]}' as a number "
                                    f"(at node '{n.name}')")
+
+
+def _cache_check(w, n: fx.Node) -> bool:
+    a, b = n.args[0], n.args[1]
+    if a is None or b is None:
+        return True
+    whole = [x for x in (a, b) if isinstance(x, fx.Node) and isinstance(w.info.get(x), tuple)]
+    other = b if whole and whole[0] is a else a
+    return bool(whole) and not isinstance(other, fx.Node) and isinstance(other, tuple)
 
 
 def _module_of(n: fx.Node) -> str:
