@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from secateur.cli import main
-from test_cli import ENV, cli, recipe
+from test_cli import ENV, recipe
 
 
 def _one_line(err: str) -> str:
@@ -62,12 +62,13 @@ def test_bad_flags_are_one_line(tmp_path, capsys, monkeypatch, args, expect):
     assert stop.value.code == 2 and expect in _one_line(capsys.readouterr().err)
 
 
-def test_directories_that_are_not_runs_or_models(tmp_path):
+def test_directories_that_are_not_runs_or_models(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "empty").mkdir()
-    p = cli("measure", "empty", cwd=tmp_path)
-    assert p.returncode == 2 and "neither a finished compress run" in _one_line(p.stderr)
+    assert main(["measure", "empty"]) == 2
+    assert "neither a finished compress run" in _one_line(capsys.readouterr().err)
     run = tmp_path / "run"
     run.mkdir()
     (run / "summary.json").write_text(json.dumps({"recipe": "x.toml"}))
-    p = cli("measure", "run", cwd=tmp_path)
-    assert p.returncode == 2 and "summary.json is damaged" in _one_line(p.stderr)
+    assert main(["measure", "run"]) == 2
+    assert "summary.json is damaged" in _one_line(capsys.readouterr().err)

@@ -65,8 +65,7 @@ def test_an_edited_recipe_redoes_its_stages_and_force_keeps_the_users_files(tmp_
     assert (run / "notes.md").read_text() == "mine" and (run / "summary.json").is_file()
 
     shutil.move(path, tmp_path / "elsewhere.toml")   # the run needs nothing outside it
-    p = cli("measure", "run", cwd=tmp_path)
-    assert p.returncode == 0 and "run" in p.stdout, p.stderr[-2000:]
+    assert main(["measure", "run"]) == 0 and "run" in capsys.readouterr().out
 
 
 def test_a_run_killed_after_its_method_then_edited_redoes_the_method(tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -9,8 +10,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from secateur.criteria import APoZ
-from secateur.methods import (ISTA, ChannelPruning, Magnitude, OneShot, Slimming, ThiNet, compress, from_dict,
-                              methods, to_dict)
+from secateur.methods import (ISTA, ChannelPruning, Magnitude, OneShot, Slimming, StageRecord, ThiNet, compress,
+                              from_dict, methods, to_dict)
 
 TINY = {   # one small config per registered method: a method without one fails the test below
     "slimming": Slimming(amount=0.5, sparsity_epochs=1, finetune_epochs=1),
@@ -70,3 +71,16 @@ def test_what_a_method_needs_and_what_no_method_takes() -> None:
 def test_configs_from_dicts_check_every_value(values, expect) -> None:
     with pytest.raises(ValueError, match=expect.replace("(", r"\(")):
         from_dict(OneShot, values)
+
+
+def test_stage_records_are_typed_versioned_and_read_back() -> None:
+    result = compress(_net(), TINY["prune"], example_inputs=torch.randn(1, 1, 8, 8), train_loader=_loader(), calibration=_loader(),
+                      eval_loader=_loader(), progress=False)
+    r = result.last("pruned")
+    assert isinstance(r, StageRecord) and r.stage == "pruned" and r["macs"] == r.macs and 0 <= r.acc <= 1
+    assert StageRecord.from_json(json.loads(json.dumps(r.to_json()))) == r
+    assert r.to_json()["version"] == StageRecord.VERSION
+    for bad, says in (({"stage": "x", "params": 1}, "needs stage"), ({"version": 9, "stage": "x"}, "version 9"),
+                      ([1], "JSON object")):
+        with pytest.raises(ValueError, match=says):
+            StageRecord.from_json(bad)

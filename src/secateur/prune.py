@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 
 import numpy as np
+import torch
 from torch import nn
 
 from .criteria import Criterion, bind
+from .forward import eval_mode
+from .measure import count_macs
 from .graph import Graph, Role, trace
-from .plan import Plan, Target, layer_facts, make_plan
+from .plan import Plan, Target, estimate_macs, layer_facts, make_plan
 from .surgery import apply
 
 
@@ -95,5 +99,36 @@ def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
     else:
         target = Target(amount=amount, macs=target_macs, global_ranking=global_ranking,
                         min_channels=min_channels, round_to=round_to, max_amount=max_amount)
-        plan = plan_pruning(model, graph, criterion, target, data)
+        scores = score(model, graph, criterion, data)
+        plan = make_plan(graph, scores, target, layer_facts(graph))
+        if target_macs is not None:
+            return _measured(model, graph, scores, target, plan, fold)
     return apply(copy.deepcopy(model), graph, plan, fold=fold)
+
+
+def _measured(model: nn.Module, graph: Graph, scores, target: Target, plan: Plan, fold: bool) -> nn.Module:
+    """Cut by ``plan``, then count the MACs the cut model really runs (FlopCounterMode, as ``measure``
+    does). The planner counts conv and linear layers only; where other ops carry MACs that shrink
+    differently (attention's matrix products), it re-plans with the budget corrected by what it
+    missed, a few times, and returns the best cut within the target (or the closest one)."""
+    inputs = graph.example_inputs
+    with torch.no_grad():
+        base = count_macs(copy.deepcopy(model).eval(), inputs)
+    if abs(base - estimate_macs(graph, layer_facts(graph), {})) <= 1e-3 * base:
+        return apply(copy.deepcopy(model), graph, plan, fold=fold)   # conv and linear carry every MAC
+    goal, best = target.macs, None
+    for _ in range(4):
+        small = apply(copy.deepcopy(model), graph, plan, fold=fold)
+        with torch.no_grad(), eval_mode(small):
+            got = count_macs(small, inputs) / base
+        if best is None or (got <= target.macs) > (best[0] <= target.macs) or \
+                (got <= target.macs) == (best[0] <= target.macs) and abs(got - target.macs) < abs(best[0] - target.macs):
+            best = (got, small)
+        if target.macs - 0.005 <= got <= target.macs:
+            break
+        goal = min(1.0, max(1e-3, goal * target.macs / got))
+        try:
+            plan = make_plan(graph, scores, replace(target, macs=goal), layer_facts(graph))
+        except ValueError:
+            break
+    return best[1]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from torch.utils.data import DataLoader, Subset
 from .. import methods
 from ..data import calibration, cifar, fashion_mnist, image_folder
 from ..io import atomic_file, load, save, save_sparse
-from ..methods import Result, record
+from ..methods import Result, StageRecord, record
 from ..surgery import low_rank, low_rank_ranks
 from ..train import evaluate, fit
 from ._errors import UsageError
@@ -107,7 +108,7 @@ def run(recipe: Recipe, out: Path, *, force: bool = False, progress: bool = True
     base.eval()
     if (out / "model").exists() and (out / "records.json").exists():
         small = load(out / "model", model=fresh())       # factor pairs included: pruning.json lists them
-        records = json.loads((out / "records.json").read_text())
+        records = [StageRecord.from_json(r) for r in json.loads((out / "records.json").read_text())]
     else:
         result = _method(recipe, base, x, train, test, calib, out / "method", how)
         small, records = result.model, result.records
@@ -118,7 +119,7 @@ def run(recipe: Recipe, out: Path, *, force: bool = False, progress: bool = True
         save(small, out / "model", overwrite=True)
         if result.masks is not None:   # weight-level pruning: also stored sparse
             save_sparse(small, out / "model-sparse", values=recipe.config.values, overwrite=True)
-        write_json(out / "records.json", [{k: v for k, v in r.items() if k != "gammas"} for r in records])
+        write_json(out / "records.json", [r.to_json(drop=("gammas",)) for r in records])
     small.eval()
     history = json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else []
     summary = _finish(recipe, base, small, x, test, calib, records, history, out)
@@ -131,7 +132,7 @@ def _method(recipe: Recipe, base, x, train, test, calib, ck: Path, how: dict) ->
                             eval_loader=test, checkpoint=ck, resume=True, **how)
 
 
-def stages_table(records: list[dict]) -> str:
+def stages_table(records: Sequence[Mapping]) -> str:
     """Params, MACs and accuracy of each evaluated stage (ratios to the first), as aligned text; the
     layer-wise methods' per-layer records (no accuracy) are left to records.json."""
     from ..measure.stats import _si
@@ -158,7 +159,7 @@ def _finish(recipe: Recipe, base, small, x, test, calib, records, history, out: 
                  onnx=extra or None, title=f"secateur compress {recipe.path.stem}", overwrite=True)
     return {"recipe": str((out / "recipe.toml").resolve()), "source": str(recipe.path.resolve()), "method": recipe.method, "accuracy": acc,
             "input_shape": list(x.shape[1:]), "num_classes": int(small(x).shape[1]),
-            "records": [{k: v for k, v in r.items() if k != "gammas"} for r in records],
+            "records": [r.to_json(drop=("gammas",)) for r in records],
             "files": sorted(p.name for p in out.iterdir())}
 
 

@@ -20,6 +20,7 @@ takes fit's run options: ``checkpoint=``/``resume=`` (each training stage in its
 """
 from ._common import Result, record
 from ._config import from_dict, to_dict
+from ._records import StageRecord
 from ._registry import Data, Method, compress, method_for, method_named, methods, register
 from ._magnitude_masks import HoldMasks, apply_masks_, magnitude_masks, sparsity
 from .ista import ISTA, ProximalL1, ista, rescale
@@ -30,7 +31,7 @@ from .sensitivity import sensitivity, sensitivity_ratios
 from .slimming import Slimming, SparsityL1, slimming
 
 __all__ = ["ChannelPruning", "Data", "HoldMasks", "ISTA", "Magnitude", "Method", "OneShot", "ProximalL1", "Result",
-           "Slimming", "SparsityL1", "ThiNet", "apply_masks_", "channel_pruning", "compress", "from_dict", "gap_head",
+           "Slimming", "SparsityL1", "StageRecord", "ThiNet", "apply_masks_", "channel_pruning", "compress", "from_dict", "gap_head",
            "ista", "magnitude", "magnitude_masks", "method_for", "method_named", "methods", "one_shot", "register",
            "to_dict",
            "record", "rescale", "sensitivity", "sensitivity_ratios", "slimming", "sparsity", "thinet"]

@@ -10,6 +10,7 @@ from torch import nn
 from ..forward import eval_mode
 from ..measure import count_macs, count_params
 from ..train import evaluate, fit
+from ._records import StageRecord
 
 BN = nn.modules.batchnorm._BatchNorm
 
@@ -20,12 +21,12 @@ class Result:
     ``{"stage": "pruned", "pass": 0, "params": ..., "macs": ..., "acc": ...}``."""
 
     model: nn.Module
-    records: list[dict] = field(default_factory=list)
+    records: list[StageRecord] = field(default_factory=list)
     masks: dict[str, torch.Tensor] | None = None   # unstructured methods: True where a weight is kept
     history: list[dict] = field(default_factory=list)   # the last training run's per-epoch log (fit's)
 
-    def last(self, stage: str) -> dict:
-        return next(r for r in reversed(self.records) if r["stage"] == stage)
+    def last(self, stage: str) -> StageRecord:
+        return next(r for r in reversed(self.records) if r.stage == stage)
 
 
 def bn_layers(model: nn.Module) -> dict[str, BN]:
@@ -33,16 +34,14 @@ def bn_layers(model: nn.Module) -> dict[str, BN]:
     return {n: m for n, m in model.named_modules() if isinstance(m, BN) and m.weight is not None}
 
 
-def record(stage: str, model: nn.Module, example_inputs, eval_loader=None, **extra) -> dict:
+def record(stage: str, model: nn.Module, example_inputs, eval_loader=None, **extras) -> StageRecord:
     """Params, MACs (FlopCounterMode) and, with ``eval_loader``, test accuracy of ``model`` now."""
     device = next(model.parameters()).device
     x = example_inputs.to(device) if isinstance(example_inputs, torch.Tensor) else example_inputs
     with torch.no_grad(), eval_mode(model):
         macs = count_macs(model, x)
-    out = {"stage": stage, **extra, "params": count_params(model), "macs": macs}
-    if eval_loader is not None:
-        out["acc"] = evaluate(model, eval_loader)["acc"]
-    return out
+    acc = evaluate(model, eval_loader)["acc"] if eval_loader is not None else None
+    return StageRecord(stage, count_params(model), macs, acc, extras)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..train import Optim
 from ._common import Result, Stages, check_epochs, record
+from ._records import StageRecord
 from ._registry import Data, Method, register
 from ._magnitude_masks import HoldMasks, apply_masks_, magnitude_masks, sparsity
 
@@ -59,7 +60,7 @@ def magnitude(model: nn.Module, train_loader, example_inputs, config: Magnitude 
     return result
 
 
-def _record(stage, model, x, eval_loader, layers: Iterable[str] | None, r: int, quality: float) -> dict:
+def _record(stage, model, x, eval_loader, layers: Iterable[str] | None, r: int, quality: float) -> StageRecord:
     s = sparsity(model, layers)
     return record(stage, model, x, eval_loader, round=r, quality=quality, nonzero=s["nonzero"],
                   total=s["total"], compression=s["compression"])

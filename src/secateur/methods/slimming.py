@@ -97,8 +97,8 @@ def slimming(model: nn.Module, train_loader, example_inputs, config: Slimming = 
         stages.fit(model, train_loader, f"pass{p}-sparsity", epochs=config.sparsity_epochs, optim=config.optim,
                    callbacks=[SparsityL1(config.sparsity)], eval_loader=eval_loader)
         gammas = torch.cat([bn.weight.detach().abs().flatten().cpu() for bn in bn_layers(model).values()])
-        result.records.append({**record("sparse", model, example_inputs, eval_loader, **{"pass": p}),
-                               "gammas": gammas.tolist()})
+        result.records.append(record("sparse", model, example_inputs, eval_loader, gammas=gammas.tolist(),
+                                     **{"pass": p}))
         model = prune_by(model, example_inputs, target, ignore)
         result.records.append(record("pruned", model, example_inputs, eval_loader, **{"pass": p}))
         result.history = stages.fit(model, train_loader, f"pass{p}-finetune", epochs=config.finetune_epochs,
