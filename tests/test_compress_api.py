@@ -74,8 +74,9 @@ def test_configs_from_dicts_check_every_value(values, expect) -> None:
 
 
 def test_stage_records_are_typed_versioned_and_read_back() -> None:
-    result = compress(_net(), TINY["prune"], example_inputs=torch.randn(1, 1, 8, 8), train_loader=_loader(), calibration=_loader(),
-                      eval_loader=_loader(), progress=False)
+    data = _loader()
+    result = compress(_net(), TINY["prune"], example_inputs=torch.randn(1, 1, 8, 8), train_loader=data,
+                      calibration=data, eval_loader=data, progress=False)
     r = result.last("pruned")
     assert isinstance(r, StageRecord) and r.stage == "pruned" and r["macs"] == r.macs and 0 <= r.acc <= 1
     assert StageRecord.from_json(json.loads(json.dumps(r.to_json()))) == r

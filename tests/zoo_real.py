@@ -31,7 +31,7 @@ class RealEntry:
     probes: tuple[str, ...] = ()     # modules whose outputs are compared; () = the model's outputs
     min_groups: int = 1              # exact prunable groups it must have at least
     slow: bool = False
-    max_macs: float = 0.515          # measured MACs after target_macs=0.5 (which counts conv/linear only)
+    max_macs: float = 0.5005         # measured MACs after target_macs=0.5 (prune counts what the cut runs)
 
 
 def _seeded(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
@@ -80,7 +80,7 @@ def _yolo(cfg: str, min_groups: int) -> RealEntry:
                      _batch(1, 3, 64, 64), (), min_groups)
 
 
-def _timm(name: str, min_groups: int, size: int = 64, max_macs: float = 0.515, **kw) -> RealEntry:
+def _timm(name: str, min_groups: int, size: int = 64, max_macs: float = 0.5005, **kw) -> RealEntry:
     import timm
     build = _seeded(lambda: timm.create_model(name, pretrained=False, num_classes=10, **kw))
     return RealEntry(f"timm/{name}", build, _batch(2, 3, size, size), (), min_groups, max_macs=max_macs)
@@ -115,7 +115,7 @@ def real_zoo() -> list[RealEntry]:
         _timm("efficientvit_b0", 12),
         _timm("edgenext_xx_small", 10),
         # attention matmuls, a tenth of LeViT's MACs, have no channels to cut (the target counts conv/linear)
-        _timm("levit_128s", 12, size=224, max_macs=0.56),
+        _timm("levit_128s", 12, size=224),
         _timm("vgg11_bn", 8, mlp_ratio=0.0625),   # its ConvMlp head at 1/16 width: 100M parameters fewer
     ]
 

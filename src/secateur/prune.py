@@ -121,9 +121,9 @@ def _measured(model: nn.Module, graph: Graph, scores, target: Target, plan: Plan
         small = apply(copy.deepcopy(model), graph, plan, fold=fold)
         with torch.no_grad(), eval_mode(small):
             got = count_macs(small, inputs) / base
-        if best is None or (got <= target.macs) > (best[0] <= target.macs) or \
-                (got <= target.macs) == (best[0] <= target.macs) and abs(got - target.macs) < abs(best[0] - target.macs):
-            best = (got, small)
+        rank = (got <= target.macs, -abs(got - target.macs))   # within the target first, then the closest
+        if best is None or rank > best[0]:
+            best = (rank, small)
         if target.macs - 0.005 <= got <= target.macs:
             break
         goal = min(1.0, max(1e-3, goal * target.macs / got))
