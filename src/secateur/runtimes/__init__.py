@@ -1,0 +1,16 @@
+"""Runtimes as backends: the same model exported, loaded, checked against PyTorch and timed on the
+runtime it ships on.
+
+    p = secateur.runtimes.prepare(model, x, "openvino", threads=1)   # export, load, check outputs
+    p.latency()                                                       # median ms at x's batch
+    secateur.runtimes.installed()                                     # which of them import here
+
+``torch`` and ``torch-channels-last`` (PyTorch eager), ``onnxruntime`` (``pip install
+'secateur[onnx]'``), ``openvino``, ``opencv`` (its DNN module) and ``mnn`` (``pip install
+'secateur[runtimes]'``). A new runtime is one :class:`Backend` subclass and one :func:`register`.
+"""
+from . import _backends  # noqa: F401  (registers the runtimes)
+from ._base import Backend, Prepared, RuntimeMismatch, RuntimeMissing, agree, backend, backends, installed, prepare, register
+
+__all__ = ["Backend", "Prepared", "RuntimeMismatch", "RuntimeMissing", "agree", "backend", "backends", "installed",
+           "prepare", "register"]

@@ -1,0 +1,142 @@
+"""The runtime interface: export a model, load it, run it on numpy arrays, time one input.
+
+A backend is one small class registered by name. ``prepare(model, x, runtime)`` exports and loads it
+and checks its outputs against PyTorch on ``x`` before anything is timed; a backend whose package is
+missing is a one-line :class:`RuntimeMissing` naming the extra to install, raised before any work.
+"""
+from __future__ import annotations
+
+import importlib
+import statistics
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..forward import as_inputs, checked_forward, flat_tensors, inference, time_forward
+
+Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
+
+
+class RuntimeMissing(ValueError):
+    """The runtime's package is not installed (or does not import)."""
+
+
+class RuntimeMismatch(ValueError):
+    """The runtime computes something else than PyTorch on the example inputs."""
+
+
+class Backend:
+    """One runtime. ``modules``: what must import; ``extra``: the pip extra that installs them."""
+
+    name: str = ""
+    extra: str = "runtimes"
+    modules: tuple[str, ...] = ()
+
+    def require(self) -> None:
+        for module in self.modules:
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                raise RuntimeMissing(f"runtime {self.name!r} needs {module}, which does not import ({e}): "
+                                     f"pip install 'secateur[{self.extra}]'") from None
+
+    def version(self) -> str:
+        return ";".join(f"{m}={getattr(importlib.import_module(m), '__version__', '?')}" for m in self.modules)
+
+    def load(self, model: nn.Module, inputs: tuple[torch.Tensor, ...], folder: Path, threads: int) -> Runner:
+        raise NotImplementedError
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def register(backend: Backend) -> Backend:
+    _BACKENDS[backend.name] = backend
+    return backend
+
+
+def backends() -> dict[str, Backend]:
+    """Every known runtime, by name (installed or not)."""
+    return dict(_BACKENDS)
+
+
+def installed() -> list[str]:
+    """The runtimes whose packages import here."""
+    out = []
+    for name, b in _BACKENDS.items():
+        try:
+            b.require()
+        except RuntimeMissing:
+            continue
+        out.append(name)
+    return out
+
+
+def backend(name: str) -> Backend:
+    if name not in _BACKENDS:
+        raise ValueError(f"runtime={name!r}; choose one of {', '.join(_BACKENDS)}")
+    b = _BACKENDS[name]
+    b.require()
+    return b
+
+
+@dataclass
+class Prepared:
+    """A model loaded in a runtime, checked against PyTorch: ``run(arrays)`` and ``latency()``."""
+
+    runtime: str
+    run: Runner
+    arrays: list[np.ndarray]
+    error: float            # the largest output difference from PyTorch, relative to the output's scale
+
+    def latency(self, *, repeats: int = 20, warmup: int = 5) -> float:
+        """Median milliseconds of one run on the example inputs."""
+        if repeats < 1 or warmup < 0:
+            raise ValueError(f"need repeats >= 1 and warmup >= 0; got repeats={repeats}, warmup={warmup}")
+        arrays = self.arrays
+        times = time_forward(lambda *_: self.run(arrays), (), repeats=repeats, warmup=warmup)
+        return 1e3 * statistics.median(times)
+
+
+def prepare(model: nn.Module, example_inputs, runtime: str = "torch", *, threads: int = 1,
+            folder: str | Path | None = None, rtol: float = 1e-3) -> Prepared:
+    """Export ``model`` to ``runtime`` (files in ``folder``, a temporary directory by default), load it on
+    ``threads`` CPU threads and check it computes what PyTorch does on ``example_inputs`` (largest
+    difference ``<= rtol`` times the output's scale): :class:`RuntimeMismatch` otherwise. The model is
+    left as it was."""
+    b = backend(runtime)
+    if threads < 1:
+        raise ValueError(f"threads={threads!r} must be >= 1")
+    inputs = as_inputs(example_inputs, torch.device("cpu"))
+    with inference(model, None):
+        refs = [t.detach().double().numpy() for t in flat_tensors(checked_forward(model, inputs))]
+    work = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix=f"secateur-{runtime}-"))
+    work.mkdir(parents=True, exist_ok=True)
+    run = b.load(model, inputs, work, threads)
+    arrays = [t.detach().float().numpy() for t in inputs]
+    return Prepared(runtime, run, arrays, agree(run(arrays), refs, f"runtime {runtime!r}", rtol))
+
+
+def agree(outs: list, refs: list[np.ndarray], where: str, rtol: float) -> float:
+    """The largest ``max|out - ref| / max|ref|`` over the outputs; RuntimeMismatch past ``rtol``."""
+    if len(outs) != len(refs):
+        raise RuntimeMismatch(f"{where}: {len(outs)} output(s) where PyTorch gives {len(refs)}")
+    worst = 0.0
+    for i, (out, ref) in enumerate(zip(outs, refs)):
+        o = np.asarray(out, dtype=np.float64)
+        if o.size == ref.size and o.shape != ref.shape:
+            o = o.reshape(ref.shape)   # runtimes that drop or add unit dims
+        if o.shape != ref.shape:
+            raise RuntimeMismatch(f"{where}: output {i} has shape {o.shape} where PyTorch gives {ref.shape}")
+        diff, scale = float(np.abs(o - ref).max(initial=0.0)), float(np.abs(ref).max(initial=0.0))
+        rel = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
+        if not rel <= rtol:
+            raise RuntimeMismatch(f"{where}: output {i} differs from PyTorch by {rel:.3g} of its scale "
+                                  f"(allowed {rtol:g}); this runtime cannot run the model faithfully")
+        worst = max(worst, rel)
+    return worst
