@@ -72,3 +72,16 @@ def test_directories_that_are_not_runs_or_models(tmp_path, capsys, monkeypatch):
     (run / "summary.json").write_text(json.dumps({"recipe": "x.toml"}))
     assert main(["measure", "run"]) == 2
     assert "summary.json is damaged" in _one_line(capsys.readouterr().err)
+
+
+def test_a_latency_target_on_a_missing_runtime_is_one_line_before_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    path = recipe(tmp_path, options='criterion = "l1"\nlatency = 0.5\nruntime = "openvino"')
+    assert main(["compress", str(path), "--out", "run"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "runtime 'openvino' needs openvino" in line and "secateur[runtimes]" in line
+    assert not (tmp_path / "run").exists()
+    path = recipe(tmp_path, options='criterion = "l1"\nlatency = 0.5\nruntime = "tensorrt"')
+    assert main(["compress", str(path), "--out", "run"]) == 2
+    assert "runtime='tensorrt'; choose one of torch" in _one_line(capsys.readouterr().err)

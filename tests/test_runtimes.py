@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import copy
+import math
 import sys
 
 import pytest
 import torch
 from torch import nn
 
+import secateur
 import secateur.runtimes as rt
+from secateur.criteria import L1
 
 
 def _net() -> nn.Module:
@@ -44,3 +47,45 @@ def test_a_missing_runtime_names_the_extra_before_any_work(monkeypatch) -> None:
 def test_a_runtime_that_computes_something_else_is_refused() -> None:
     with pytest.raises(rt.RuntimeMismatch, match="output 0 differs from PyTorch"):
         rt.agree([torch.ones(2, 4).numpy()], [torch.zeros(2, 4).double().numpy() + 2], "runtime 'x'", 1e-3)
+
+
+class Staircase(rt.Backend):
+    """A synthetic runtime: every conv costs its output width rounded up to a multiple of 8 (a blocked
+    layout's staircase) times its inputs and taps. Known answers, no clock."""
+
+    name, modules = "staircase", ("torch",)
+
+    def load(self, model, inputs, folder, threads):
+        net = copy.deepcopy(model).eval()
+
+        def run(arrays):
+            with torch.no_grad():
+                return [net(*[torch.from_numpy(a) for a in arrays]).numpy()]
+        return run
+
+    def latency(self, prepared, repeats, warmup):
+        return sum(math.ceil(m.out_channels / 8) * 8 * m.in_channels // m.groups * math.prod(m.kernel_size)
+                   for m in prepared.model.modules() if isinstance(m, nn.Conv2d)) / 1e3
+
+
+def _vgg() -> nn.Module:
+    torch.manual_seed(0)
+    layers, c = [], 3
+    for w in (24, 40, 56, 72):
+        layers += [nn.Conv2d(c, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU()]
+        c = w
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10)).eval()
+
+
+@pytest.mark.parametrize("aim", [0.5, 0.3])
+def test_target_latency_is_met_on_the_runtime_it_is_measured_on(monkeypatch, aim) -> None:
+    monkeypatch.setitem(rt._base._BACKENDS, "staircase", Staircase())
+    model, x = _vgg(), torch.randn(1, 3, 16, 16)
+    small = secateur.prune(model, x, L1(), target_latency=aim, runtime="staircase")
+    cost = [rt.prepare(m, x, "staircase").latency() for m in (model, small)]
+    assert abs(cost[1] / cost[0] - aim) <= 0.05 * aim
+    with pytest.raises(ValueError, match="exactly one of amount=, target_macs= and target_latency="):
+        secateur.prune(model, x, L1(), target_macs=0.5, target_latency=0.5)
+    with pytest.raises(rt.RuntimeMissing):
+        monkeypatch.setitem(sys.modules, "openvino", None)
+        secateur.prune(model, x, L1(), target_latency=0.5, runtime="openvino")

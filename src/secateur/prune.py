@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import statistics
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
@@ -72,15 +74,19 @@ def plan_per_layer(model: nn.Module, graph: Graph, criterion: Criterion, ratios:
 
 def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
           amount: float | Mapping[str, float] | None = None,
-          target_macs: float | None = None, ignore: Iterable = (), min_channels: int = 1,
+          target_macs: float | None = None, target_latency: float | None = None, runtime: str = "torch",
+          threads: int = 1, ignore: Iterable = (), min_channels: int = 1,
           round_to: int = 1, global_ranking: bool = False, max_amount: float = 1.0, fold: bool = True,
           data=None) -> nn.Module:
     """Return a physically smaller copy of ``model``; ``model`` itself is not changed.
 
     amount: fraction of channels to remove from each group (or network-wide with global_ranking), or
         per layer: ``{"features.0": 0.3, ...}`` (e.g. ``secateur.methods.sensitivity_ratios(...)``).
-    target_macs: fraction of the conv/linear MACs to keep (e.g. 0.5 halves them); the largest plan
-        that meets it is chosen.
+    target_macs: fraction of the MACs to keep (e.g. 0.5 halves them), as the cut model really runs them.
+    target_latency: fraction of the latency to keep, measured on ``runtime`` (a ``secateur.runtimes``
+        name: "torch", "onnxruntime", "openvino", ...) on ``threads`` CPU threads at the batch of
+        ``example_inputs``: planned by MACs, then re-planned from the measured latency until it is
+        within 5 % of the target (a warning says when it cannot be).
     ignore: modules (objects or names) whose outputs are kept whole; the classifier always is.
     min_channels: never leave a group with fewer channels. round_to: keep a multiple of N channels.
     global_ranking: one threshold across groups on scores normalised by each group's mean.
@@ -90,45 +96,80 @@ def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
     data: a calibration loader of (images, labels) for data-driven criteria (APoZ, Taylor, ThiNet,
         LASSO), e.g. ``secateur.data.calibration(dataset, 256)``; weight criteria ignore it.
     """
+    if target_latency is not None:
+        if amount is not None or target_macs is not None:
+            raise ValueError("give exactly one of amount=, target_macs= and target_latency=")
+        if not (isinstance(target_latency, (int, float)) and 0 < target_latency <= 1):
+            raise ValueError(f"target_latency={target_latency!r} must be in (0, 1]: the fraction of the latency to keep")
+        from . import runtimes
+        runtimes.backend(runtime)   # a missing runtime is one line, before any work
     graph = trace(model, example_inputs, ignore=ignore)
     if isinstance(amount, Mapping):
         if target_macs is not None or global_ranking or max_amount != 1.0:
             raise ValueError("per-layer amounts cannot be combined with target_macs=, global_ranking= or max_amount=")
         plan = plan_per_layer(model, graph, criterion, amount, min_channels=min_channels, round_to=round_to,
                               data=data)
-    else:
-        target = Target(amount=amount, macs=target_macs, global_ranking=global_ranking,
-                        min_channels=min_channels, round_to=round_to, max_amount=max_amount)
-        scores = score(model, graph, criterion, data)
-        plan = make_plan(graph, scores, target, layer_facts(graph))
-        if target_macs is not None:
-            return _measured(model, graph, scores, target, plan, fold)
+        return apply(copy.deepcopy(model), graph, plan, fold=fold)
+    target = Target(amount=amount, macs=target_latency if target_latency is not None else target_macs,
+                    global_ranking=global_ranking, min_channels=min_channels, round_to=round_to,
+                    max_amount=max_amount)
+    scores = score(model, graph, criterion, data)
+    plan = make_plan(graph, scores, target, layer_facts(graph))
+    cut = _Cut(model, graph, scores, target, fold)
+    if target_latency is not None:
+        return cut.until(_latency_ratio(model, graph, runtime, threads), target_latency, band=(0.95, 1.05), plan=plan)
+    if target_macs is not None:
+        base = _macs(model, graph)
+        if abs(base - estimate_macs(graph, layer_facts(graph), {})) > 1e-3 * base:   # not all in conv/linear
+            return cut.until(lambda small: _macs(small, graph) / base, target_macs, band=(0.99, 1.0), plan=plan)
     return apply(copy.deepcopy(model), graph, plan, fold=fold)
 
 
-def _measured(model: nn.Module, graph: Graph, scores, target: Target, plan: Plan, fold: bool) -> nn.Module:
-    """Cut by ``plan``, then count the MACs the cut model really runs (FlopCounterMode, as ``measure``
-    does). The planner counts conv and linear layers only; where other ops carry MACs that shrink
-    differently (attention's matrix products), it re-plans with the budget corrected by what it
-    missed, a few times, and returns the best cut within the target (or the closest one)."""
-    inputs = graph.example_inputs
-    with torch.no_grad():
-        base = count_macs(copy.deepcopy(model).eval(), inputs)
-    if abs(base - estimate_macs(graph, layer_facts(graph), {})) <= 1e-3 * base:
-        return apply(copy.deepcopy(model), graph, plan, fold=fold)   # conv and linear carry every MAC
-    goal, best = target.macs, None
-    for _ in range(4):
-        small = apply(copy.deepcopy(model), graph, plan, fold=fold)
-        with torch.no_grad(), eval_mode(small):
-            got = count_macs(small, inputs) / base
-        rank = (got <= target.macs, -abs(got - target.macs))   # within the target first, then the closest
-        if best is None or rank > best[0]:
-            best = (rank, small)
-        if target.macs - 0.005 <= got <= target.macs:
-            break
-        goal = min(1.0, max(1e-3, goal * target.macs / got))
-        try:
-            plan = make_plan(graph, scores, replace(target, macs=goal), layer_facts(graph))
-        except ValueError:
-            break
-    return best[1]
+def _macs(model: nn.Module, graph: Graph) -> int:
+    with torch.no_grad(), eval_mode(model):
+        return count_macs(copy.deepcopy(model), graph.example_inputs)
+
+
+def _latency_ratio(model: nn.Module, graph: Graph, runtime: str, threads: int, rounds: int = 6):
+    """Latency of a cut relative to ``model``'s on ``runtime``: both timed in alternating rounds (10
+    runs each), the medians compared, so that a machine's drift cancels."""
+    from . import runtimes
+    base = runtimes.prepare(model, graph.example_inputs, runtime, threads=threads)
+
+    def ratio(small: nn.Module) -> float:
+        cut = runtimes.prepare(small, graph.example_inputs, runtime, threads=threads)
+        times = [(p.latency(repeats=10, warmup=2), q.latency(repeats=10, warmup=2))
+                 for p, q in [(cut, base)] * rounds]
+        return statistics.median(t[0] for t in times) / statistics.median(t[1] for t in times)
+    return ratio
+
+
+class _Cut:
+    """Cuts of ``model`` by MAC budgets, corrected by what a measurement says."""
+
+    def __init__(self, model, graph, scores, target: Target, fold: bool):
+        self.model, self.graph, self.scores, self.target, self.fold = model, graph, scores, target, fold
+
+    def until(self, ratio_of, aim: float, *, band: tuple[float, float], plan: Plan, tries: int = 5) -> nn.Module:
+        """Cut by ``plan``, measure ``ratio_of(cut)``; while it is outside ``aim`` times ``band``, plan
+        again with the MAC budget scaled by ``aim / ratio`` (the planner counts conv and linear MACs;
+        attention's matrix products or a runtime's latency shrink differently). Returns the first cut
+        within the band, else the closest (at or under ``aim`` preferred)."""
+        goal, best = self.target.macs, None
+        for _ in range(tries):
+            small = apply(copy.deepcopy(self.model), self.graph, plan, fold=self.fold)
+            got = ratio_of(small)
+            rank = (band[0] * aim <= got <= band[1] * aim, got <= aim, -abs(got - aim))
+            if best is None or rank > best[0]:
+                best = (rank, small, got)
+            if rank[0]:
+                break
+            goal = min(1.0, max(1e-3, goal * aim / got))
+            try:
+                plan = make_plan(self.graph, self.scores, replace(self.target, macs=goal), layer_facts(self.graph))
+            except ValueError:
+                break
+        if not best[0][0] and band[1] > 1.0:
+            warnings.warn(f"secateur.prune: measured {best[2]:.3f} of the baseline's latency, not within 5 % "
+                          f"of target_latency={aim}; returning the closest cut", RuntimeWarning, stacklevel=3)
+        return best[1]

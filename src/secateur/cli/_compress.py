@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from .. import methods
+from .. import methods, runtimes
 from ..data import calibration, cifar, fashion_mnist, image_folder
 from ..io import atomic_file, load, save, save_sparse
 from ..methods import Result, StageRecord, record
@@ -71,6 +71,11 @@ def extras(recipe: Recipe) -> None:
     needs = [("report", ("matplotlib",), "the report's plots")]
     if recipe.export["onnx"]:
         needs.append(("onnx", ("onnx", "onnxruntime", "onnxscript"), "[export] onnx = true"))
+    if getattr(recipe.config, "latency", None) is not None:   # the runtime the latency is measured on
+        try:
+            runtimes.backend(recipe.config.runtime)
+        except ValueError as e:
+            raise UsageError(f"{recipe.path.name}: [method] {e}") from None
     for extra, modules, why in needs:
         for module in modules:
             try:

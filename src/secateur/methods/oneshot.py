@@ -15,6 +15,7 @@ from ..criteria import L1, Criterion
 from ..graph import Role, trace
 from ..plan import Target
 from ..prune import prune
+from ..runtimes import backends
 from ..train import Optim
 from ._common import Result, Stages, check_epochs, record
 from ._registry import Data, Method, register
@@ -24,13 +25,18 @@ from .layerwise import ThiNet, chosen_groups
 @dataclass(frozen=True)
 class OneShot:
     """criterion: what ranks the channels (a data criterion records ``calibration``); exactly one of
-    ``amount`` (fraction of each group's channels), ``macs`` (fraction of MACs to keep) and
-    ``layer_amounts`` (per producing layer, e.g. from ``secateur sensitivity``); the planner options
-    of :func:`secateur.prune`; ``inner_only``: prune only the convs inside blocks (Li et al.)."""
+    ``amount`` (fraction of each group's channels), ``macs`` (fraction of MACs to keep), ``latency``
+    (fraction of the latency to keep, measured on ``runtime`` with ``threads`` CPU threads at the
+    example inputs' batch) and ``layer_amounts`` (per producing layer, e.g. from ``secateur
+    sensitivity``); the planner options of :func:`secateur.prune`; ``inner_only``: prune only the
+    convs inside blocks (Li et al.)."""
 
     criterion: Criterion = field(default_factory=L1)
     amount: float | None = None
     macs: float | None = None
+    latency: float | None = None
+    runtime: str = "torch"
+    threads: int = 1
     layer_amounts: Mapping[str, float] | None = None
     global_ranking: bool = False
     round_to: int = 1
@@ -43,12 +49,20 @@ class OneShot:
     def __post_init__(self):
         check_epochs(finetune_epochs=self.finetune_epochs)
         if self.layer_amounts is not None:
-            if self.amount is not None or self.macs is not None or self.global_ranking or self.max_amount != 1.0:
-                raise ValueError("layer_amounts= (per-layer amounts) replaces amount=, macs=, global_ranking= "
-                                 "and max_amount=")
+            if self.amount is not None or self.macs is not None or self.latency is not None or self.global_ranking \
+                    or self.max_amount != 1.0:
+                raise ValueError("layer_amounts= (per-layer amounts) replaces amount=, macs=, latency=, "
+                                 "global_ranking= and max_amount=")
             return
-        Target(amount=self.amount, macs=self.macs, global_ranking=self.global_ranking,
-               min_channels=self.min_channels, round_to=self.round_to, max_amount=self.max_amount)
+        if self.runtime not in backends():
+            raise ValueError(f"runtime={self.runtime!r}; choose one of {', '.join(backends())}")
+        if self.latency is not None and (self.amount is not None or self.macs is not None):
+            raise ValueError("give exactly one of amount=, macs= and latency=")
+        if self.latency is not None and not (isinstance(self.latency, (int, float)) and 0 < self.latency <= 1):
+            raise ValueError(f"latency={self.latency!r} must be in (0, 1]: the fraction of the latency to keep")
+        Target(amount=self.amount, macs=self.latency if self.latency is not None else self.macs,
+               global_ranking=self.global_ranking, min_channels=self.min_channels, round_to=self.round_to,
+               max_amount=self.max_amount)
 
 
 def one_shot(model: nn.Module, example_inputs, config: OneShot, *, calibration=None, train_loader=None,
@@ -60,6 +74,7 @@ def one_shot(model: nn.Module, example_inputs, config: OneShot, *, calibration=N
     ignore = _outer_layers(model, example_inputs) if config.inner_only else ()
     amount = dict(config.layer_amounts) if config.layer_amounts is not None else config.amount
     small = prune(model, example_inputs, config.criterion, amount=amount, target_macs=config.macs,
+                  target_latency=config.latency, runtime=config.runtime, threads=config.threads,
                   global_ranking=config.global_ranking, round_to=config.round_to, min_channels=config.min_channels,
                   max_amount=config.max_amount, ignore=ignore, data=calibration)
     result = Result(small, [record("baseline", model, example_inputs, eval_loader),

@@ -51,6 +51,12 @@ class Backend:
     def load(self, model: nn.Module, inputs: tuple[torch.Tensor, ...], folder: Path, threads: int) -> Runner:
         raise NotImplementedError
 
+    def latency(self, prepared: Prepared, repeats: int, warmup: int) -> float:
+        """Median milliseconds of one run of ``prepared`` on its example inputs (wall clock)."""
+        arrays = prepared.arrays
+        times = time_forward(lambda *_: prepared.run(arrays), (), repeats=repeats, warmup=warmup)
+        return 1e3 * statistics.median(times)
+
 
 _BACKENDS: dict[str, Backend] = {}
 
@@ -93,14 +99,13 @@ class Prepared:
     run: Runner
     arrays: list[np.ndarray]
     error: float            # the largest output difference from PyTorch, relative to the output's scale
+    model: nn.Module        # what was exported (the caller's model; not changed)
 
     def latency(self, *, repeats: int = 20, warmup: int = 5) -> float:
         """Median milliseconds of one run on the example inputs."""
         if repeats < 1 or warmup < 0:
             raise ValueError(f"need repeats >= 1 and warmup >= 0; got repeats={repeats}, warmup={warmup}")
-        arrays = self.arrays
-        times = time_forward(lambda *_: self.run(arrays), (), repeats=repeats, warmup=warmup)
-        return 1e3 * statistics.median(times)
+        return _BACKENDS[self.runtime].latency(self, repeats, warmup)
 
 
 def prepare(model: nn.Module, example_inputs, runtime: str = "torch", *, threads: int = 1,
@@ -119,7 +124,7 @@ def prepare(model: nn.Module, example_inputs, runtime: str = "torch", *, threads
     work.mkdir(parents=True, exist_ok=True)
     run = b.load(model, inputs, work, threads)
     arrays = [t.detach().float().numpy() for t in inputs]
-    return Prepared(runtime, run, arrays, agree(run(arrays), refs, f"runtime {runtime!r}", rtol))
+    return Prepared(runtime, run, arrays, agree(run(arrays), refs, f"runtime {runtime!r}", rtol), model)
 
 
 def agree(outs: list, refs: list[np.ndarray], where: str, rtol: float) -> float:
