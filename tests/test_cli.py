@@ -103,17 +103,22 @@ def test_tiny_recipe_end_to_end_then_refuses_to_overwrite_then_exports(tmp_path)
     assert p.returncode == 0 and "run" in p.stdout, p.stderr[-2000:]
 
 
-def test_resume_after_a_kill(tmp_path):
-    path = recipe(tmp_path, epochs=4, onnx="false")
+def killed_once(tmp: Path, path: Path, marker: Path) -> None:
+    """Run ``compress path --out run`` in a subprocess and SIGKILL it as soon as ``marker`` exists."""
     proc = subprocess.Popen([sys.executable, "-m", "secateur.cli", "compress", str(path), "--out", "run",
-                             "--no-progress"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    state = tmp_path / "run" / "baseline" / "state.json"
+                             "--no-progress"], cwd=tmp, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 240
-    while not state.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    while not marker.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert state.exists(), "no baseline checkpoint was written before the kill"
+    assert marker.exists(), f"{marker.name} was not written before the kill"
+
+
+def test_resume_after_a_kill(tmp_path):
+    path = recipe(tmp_path, epochs=4, onnx="false")
+    state = tmp_path / "run" / "baseline" / "state.json"
+    killed_once(tmp_path, path, state)
     done = json.loads(state.read_text())["epochs_done"]
     assert 1 <= done < 4
     p = cli("compress", str(path), "--out", "run", "--no-progress", cwd=tmp_path)

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 from secateur.cli import main
 from secateur.cli._rundir import STAMP
-from test_cli import ENV, cli, recipe
+from test_cli import cli, killed_once, recipe
 
 
 def test_a_directory_secateur_did_not_make_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
@@ -70,15 +66,7 @@ def test_an_edited_recipe_redoes_its_stages_and_force_keeps_the_users_files(tmp_
 
 def test_a_run_killed_after_its_method_then_edited_redoes_the_method(tmp_path):
     path = recipe(tmp_path, options='criterion = "l1"\nmacs = 0.5')   # onnx = true: the last stage takes a while
-    proc = subprocess.Popen([sys.executable, "-m", "secateur.cli", "compress", str(path), "--out", "run",
-                             "--no-progress"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    records = tmp_path / "run" / "records.json"
-    deadline = time.time() + 240
-    while not records.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert records.exists(), "the method's records were not written before the kill"
+    killed_once(tmp_path, path, tmp_path / "run" / "records.json")
     path.write_text(path.read_text().replace("macs = 0.5", "macs = 0.25"))
     p = cli("compress", str(path), "--out", "run", "--no-progress", cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
