@@ -77,7 +77,8 @@ def test_a_users_model_file(tmp_path):
 
 
 def test_tiny_recipe_end_to_end_then_refuses_to_overwrite_then_exports(tmp_path):
-    path = recipe(tmp_path, extra="[lowrank]\nenergy = 0.5\nmin_features = 8\n")   # the 10-way head: low rank
+    path = recipe(tmp_path, extra='runtimes = ["openvino", "mnn"]\n'         # latency on two more runtimes
+                                  "[lowrank]\nenergy = 0.5\nmin_features = 8\n")   # the 10-way head: low rank
     p = cli("compress", str(path), "--out", "run", "--no-progress", cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     run = tmp_path / "run"
@@ -91,6 +92,7 @@ def test_tiny_recipe_end_to_end_then_refuses_to_overwrite_then_exports(tmp_path)
     assert (run / "model" / "model.safetensors").is_file() and (run / "model.onnx").is_file()
     report = (run / "report" / "report.md").read_text()
     assert "| Parameters |" in report and "| ONNX Runtime latency, batch 1 (ms) |" in report
+    assert "| openvino latency, batch 1 (ms) |" in report and "| mnn latency, batch 16 (ms) |" in report
     before = (run / "model" / "model.safetensors").stat().st_mtime_ns
     p = cli("compress", str(path), "--out", "run", cwd=tmp_path)
     assert p.returncode == 2 and "--force" in p.stderr and len(p.stderr.strip().splitlines()) == 1

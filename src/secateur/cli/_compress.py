@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Subset
 
 from .. import methods, runtimes
 from ..data import calibration, cifar, fashion_mnist, image_folder
+from ..forward import as_inputs, with_batch
 from ..io import atomic_file, load, save, save_sparse
 from ..methods import Result, StageRecord, record
 from ..surgery import low_rank, low_rank_ranks
@@ -71,11 +72,12 @@ def extras(recipe: Recipe) -> None:
     needs = [("report", ("matplotlib",), "the report's plots")]
     if recipe.export["onnx"]:
         needs.append(("onnx", ("onnx", "onnxruntime", "onnxscript"), "[export] onnx = true"))
-    if getattr(recipe.config, "latency", None) is not None:   # the runtime the latency is measured on
-        try:
-            runtimes.backend(recipe.config.runtime)
+    wanted = [("method", recipe.config.runtime)] if getattr(recipe.config, "latency", None) is not None else []
+    for section, name in [*wanted, *(("export", n) for n in recipe.export["runtimes"])]:
+        try:   # the runtimes latency is measured or reported on
+            runtimes.backend(name)
         except ValueError as e:
-            raise UsageError(f"{recipe.path.name}: [method] {e}") from None
+            raise UsageError(f"{recipe.path.name}: [{section}] {e}") from None
     for extra, modules, why in needs:
         for module in modules:
             try:
@@ -158,6 +160,7 @@ def _finish(recipe: Recipe, base, small, x, test, calib, records, history, out: 
     extra = {}
     if recipe.export["onnx"]:
         extra = _export(recipe, base, small, x, test, calib, out)
+    extra.update(_runtimes(recipe, base, small, x, out))
     from ..report import write_report
     write_report(out / "report", before=base, after=small, example_inputs=x, records=records, accuracy=acc,
                  history=history or None,
@@ -189,6 +192,22 @@ def _export(recipe: Recipe, base, small, x, test, calib, out: Path) -> dict:
                 ox.quantize_int8(paths[k], made[k], calibration=calib, overwrite=True)
         rows[f"{kind} ONNX file (MB)"] = tuple(made[k].stat().st_size / 1e6 for k in made)
         rows[f"{kind} ONNX accuracy"] = tuple(ox.ort_accuracy(made[k], test) for k in made)
+    return rows
+
+
+LATENCY_BATCHES = (1, 16)
+
+
+def _runtimes(recipe: Recipe, base, small, x, out: Path) -> dict:
+    """[export] runtimes: the baseline and the result on each runtime (checked against PyTorch first),
+    median latency at batch 1 and 16 on one thread; their exports under ``runtimes/``."""
+    rows = {}
+    for name in recipe.export["runtimes"]:
+        for b in LATENCY_BATCHES:
+            xb = with_batch(as_inputs(x, torch.device("cpu")), b)
+            rows[f"{name} latency, batch {b} (ms)"] = tuple(
+                runtimes.prepare(model, xb, name, folder=out / "runtimes" / label).latency()
+                for label, model in (("baseline", base), ("model", small)))
     return rows
 
 

@@ -7,7 +7,7 @@
                 of that method's config (secateur.methods: Slimming, ISTA, ThiNet, ChannelPruning, OneShot,
                 Magnitude; nested Optim as a table: optim = {lr = 0.05}); its defaults are the library's
     [finetune]  epochs; lr; weight_decay
-    [export]    onnx; fp16; int8
+    [export]    onnx; fp16; int8; runtimes = ["openvino", "mnn", ...] (latency before/after on each)
     [lowrank]   energy (0 = off; e.g. 0.9: truncated SVD of large Linear layers after pruning); min_features
 
 Every key is checked (the [method] table against its config's fields, through secateur.methods'
@@ -35,7 +35,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple, Any]]] = {
              "rgb": (bool, False)},
     "baseline": {"epochs": (int, 3), "lr": (_ANY_NUMBER, 0.1), "weight_decay": (_ANY_NUMBER, 5e-4)},
     "finetune": {"epochs": (int, 1), "lr": (_ANY_NUMBER, 0.01), "weight_decay": (_ANY_NUMBER, 1e-4)},
-    "export": {"onnx": (bool, True), "fp16": (bool, False), "int8": (bool, False)},
+    "export": {"onnx": (bool, True), "fp16": (bool, False), "int8": (bool, False), "runtimes": (list, [])},
     "lowrank": {"energy": (_ANY_NUMBER, 0.0), "min_features": (int, 256)},
 }
 DATASETS = ("fashion-mnist", "cifar", "folder")

@@ -25,7 +25,7 @@ STAGES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("baseline", ("model", "data", "baseline"), ("baseline",)),
     ("method", ("method", "finetune", "lowrank"),
      ("method", "model", "model-sparse", "records.json", "history.json")),
-    ("results", ("export",), ("report", "summary.json", "baseline*.onnx", "model*.onnx")),
+    ("results", ("export",), ("report", "summary.json", "baseline*.onnx", "model*.onnx", "runtimes")),
 )
 OWN = ("recipe.toml", STAMP, ".*.tmp", ".*.old")   # besides the stages' entries (atomic writes' temporaries)
 

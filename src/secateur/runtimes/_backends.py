@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..forward import first_line, flat_tensors
-from ._base import Backend, RuntimeMismatch, register
+from ._base import Backend, RuntimeMismatch, quiet, register
 
 
 class Torch(Backend):
@@ -42,13 +42,16 @@ class Torch(Backend):
 
 
 class FromOnnx(Backend):
-    """A runtime that loads the model's ONNX export (static shapes, as the example inputs)."""
+    """A runtime that loads the model's ONNX export (``folder/model.onnx``, batch dim symbolic; made on
+    first use, so runtimes prepared in one folder share it)."""
 
     extra = "runtimes"
 
     def load(self, model, inputs, folder, threads):
         from ..io.onnx import export_onnx
-        path = export_onnx(model, inputs, folder / "model.onnx", dynamic_batch=False, overwrite=True)
+        path = folder / "model.onnx"
+        if not path.is_file():   # a folder shared by several runtimes exports once
+            export_onnx(model, inputs, path, dynamic_batch=True)
         try:
             return self.open(path, folder, threads)
         except RuntimeMismatch:
@@ -125,8 +128,9 @@ class MNN(FromOnnx):
         if done.returncode != 0 or not target.is_file():
             tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
             raise RuntimeMismatch(f"runtime 'mnn' cannot convert the model: {tail[0]}")
-        rt = mnn.create_runtime_manager(({"backend": "CPU", "numThread": threads},))
-        net = mnn.load_module_from_file(os.fspath(target), [], [], runtime_manager=rt)
+        with quiet():
+            rt = mnn.create_runtime_manager(({"backend": "CPU", "numThread": threads},))
+            net = mnn.load_module_from_file(os.fspath(target), [], [], runtime_manager=rt)
 
         def run(arrays):
             outs = net.forward([F.const(a, list(a.shape), F.NCHW) for a in arrays])

@@ -6,8 +6,11 @@ missing is a one-line :class:`RuntimeMissing` naming the extra to install, raise
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import statistics
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +43,8 @@ class Backend:
     def require(self) -> None:
         for module in self.modules:
             try:
-                importlib.import_module(module)
+                with quiet():
+                    importlib.import_module(module)
             except ImportError as e:
                 raise RuntimeMissing(f"runtime {self.name!r} needs {module}, which does not import ({e}): "
                                      f"pip install 'secateur[{self.extra}]'") from None
@@ -56,6 +60,21 @@ class Backend:
         arrays = prepared.arrays
         times = time_forward(lambda *_: prepared.run(arrays), (), repeats=repeats, warmup=warmup)
         return 1e3 * statistics.median(times)
+
+
+@contextlib.contextmanager
+def quiet():
+    """Send what native code prints to standard output (MNN's CPU feature line) to /dev/null, so that
+    a command's output stays its own."""
+    sys.stdout.flush()
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -100,6 +119,7 @@ class Prepared:
     arrays: list[np.ndarray]
     error: float            # the largest output difference from PyTorch, relative to the output's scale
     model: nn.Module        # what was exported (the caller's model; not changed)
+    files: object = None    # the temporary directory holding the exports, removed with this object
 
     def latency(self, *, repeats: int = 20, warmup: int = 5) -> float:
         """Median milliseconds of one run on the example inputs."""
@@ -110,7 +130,8 @@ class Prepared:
 
 def prepare(model: nn.Module, example_inputs, runtime: str = "torch", *, threads: int = 1,
             folder: str | Path | None = None, rtol: float = 1e-3) -> Prepared:
-    """Export ``model`` to ``runtime`` (files in ``folder``, a temporary directory by default), load it on
+    """Export ``model`` to ``runtime`` (files in ``folder``, one folder per model, shared by its runtimes;
+    a temporary directory by default), load it on
     ``threads`` CPU threads and check it computes what PyTorch does on ``example_inputs`` (largest
     difference ``<= rtol`` times the output's scale): :class:`RuntimeMismatch` otherwise. The model is
     left as it was."""
@@ -120,11 +141,12 @@ def prepare(model: nn.Module, example_inputs, runtime: str = "torch", *, threads
     inputs = as_inputs(example_inputs, torch.device("cpu"))
     with inference(model, None):
         refs = [t.detach().double().numpy() for t in flat_tensors(checked_forward(model, inputs))]
-    work = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix=f"secateur-{runtime}-"))
+    temp = tempfile.TemporaryDirectory(prefix=f"secateur-{runtime}-") if folder is None else None
+    work = Path(folder) if folder is not None else Path(temp.name)
     work.mkdir(parents=True, exist_ok=True)
     run = b.load(model, inputs, work, threads)
     arrays = [t.detach().float().numpy() for t in inputs]
-    return Prepared(runtime, run, arrays, agree(run(arrays), refs, f"runtime {runtime!r}", rtol), model)
+    return Prepared(runtime, run, arrays, agree(run(arrays), refs, f"runtime {runtime!r}", rtol), model, temp)
 
 
 def agree(outs: list, refs: list[np.ndarray], where: str, rtol: float) -> float:
