@@ -24,7 +24,7 @@ $(FMNIST):
 
 demo: setup
 	OMP_WAIT_POLICY=PASSIVE $(VPY) -m secateur.demo
-	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/secateur compress demo --out runs/demo --force
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/secateur compress demo-latency --out runs/demo --force
 
 test: setup
 	$(VPY) -m pytest -n 2 --dist loadgroup --durations=15

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from ._errors import UsageError
@@ -97,7 +98,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"secateur: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning   # a command's warnings are one line, like its errors
     args = parser().parse_args(argv)
     try:
         return _dispatch(args)
