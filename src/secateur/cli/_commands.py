@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .. import models as _models
 from ..graph import trace
+from ..layers import handler_for, is_weighted
 from ..io import load
 from ..measure import measure as _measure
 from ..measure import table
@@ -70,9 +71,9 @@ def layer_table(model: nn.Module, x: torch.Tensor) -> str:
     flops = counter.get_flop_counts()
     rows = [("layer", "type", "in → out", "params", "MACs")]
     for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            width = (f"{m.in_channels} → {m.out_channels}" if isinstance(m, nn.Conv2d)
-                     else f"{m.in_features} → {m.out_features}")
+        if is_weighted(m):
+            c_in, c_out, _ = handler_for(m).io(m)
+            width = f"{c_in} → {c_out}"
             macs = sum(flops.get(f"{type(model).__name__}.{name}", {}).values()) // 2
             rows.append((name, type(m).__name__, width, f"{sum(p.numel() for p in m.parameters()):,}", f"{macs:,}"))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]

@@ -143,9 +143,9 @@ def penalties(graph: Graph, model: nn.Module, rho: float, cost_weighted: bool) -
     for n in bns:
         if (conv := producer.get(n)) in positions:
             m = model.get_submodule(conv)
-            per_in = 1 if isinstance(m, nn.Linear) else m.in_channels // m.groups
-            k = 1 if isinstance(m, nn.Linear) else int(np.prod(m.kernel_size))
-            cost[n] = positions[conv] * per_in * k
+            h = handler_for(m)
+            c_in, _, groups = h.io(m)
+            cost[n] = positions[conv] * c_in // groups * h.taps(m)
     mean = np.mean(list(cost.values())) if cost else 1.0
     return {n: rho * (cost[n] / mean if n in cost else 1.0) for n in bns}
 

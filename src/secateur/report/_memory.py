@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from secateur.forward import as_inputs, inference, model_device
-from secateur.forward import checked_forward
+from secateur.forward import as_inputs, checked_forward, inference, model_device
+from secateur.layers import handler_for, is_weighted
 
 __all__ = ["peak_memory", "weight_bytes", "widths"]
 
@@ -129,11 +129,8 @@ def peak_memory(model: nn.Module, example_inputs: Inputs, *, threads: int | None
             "method": "torch.profiler(profile_memory=True), running total of allocations"}
 
 
-_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
-
-
 def _width(module: nn.Module) -> int:
-    return module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features
+    return handler_for(module).io(module)[1]
 
 
 def widths(model: nn.Module, example_inputs: Inputs | None = None) -> dict[str, int]:
@@ -145,7 +142,7 @@ def widths(model: nn.Module, example_inputs: Inputs | None = None) -> dict[str, 
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"widths: model must be an nn.Module, got {type(model).__name__}")
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, _LAYERS)}
+    layers = {name: m for name, m in model.named_modules() if is_weighted(m)}
     if example_inputs is None:
         return {name: _width(m) for name, m in layers.items()}
     order: list[str] = []
