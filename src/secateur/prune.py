@@ -113,15 +113,16 @@ def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
     target = Target(amount=amount, macs=target_latency if target_latency is not None else target_macs,
                     global_ranking=global_ranking, min_channels=min_channels, round_to=round_to,
                     max_amount=max_amount)
-    scores = score(model, graph, criterion, data)
-    plan = make_plan(graph, scores, target, layer_facts(graph))
-    cut = _Cut(model, graph, scores, target, fold)
+    scores, facts = score(model, graph, criterion, data), layer_facts(graph)
+    plan = make_plan(graph, scores, target, facts)
     if target_latency is not None:
-        return cut.until(_latency_ratio(model, graph, runtime, threads), target_latency, band=(0.95, 1.05), plan=plan)
+        return _cut_until(model, graph, scores, facts, target, plan, fold,
+                          _latency_ratio(model, graph, runtime, threads), band=(0.95, 1.05))
     if target_macs is not None:
         base = _macs(model, graph)
-        if abs(base - estimate_macs(graph, layer_facts(graph), {})) > 1e-3 * base:   # not all in conv/linear
-            return cut.until(lambda small: _macs(small, graph) / base, target_macs, band=(0.99, 1.0), plan=plan)
+        if abs(base - estimate_macs(graph, facts, {})) > 1e-3 * base:   # not all MACs are in conv/linear
+            return _cut_until(model, graph, scores, facts, target, plan, fold,
+                              lambda small: _macs(small, graph) / base, band=(0.99, 1.0))
     return apply(copy.deepcopy(model), graph, plan, fold=fold)
 
 
@@ -138,38 +139,33 @@ def _latency_ratio(model: nn.Module, graph: Graph, runtime: str, threads: int, r
 
     def ratio(small: nn.Module) -> float:
         cut = runtimes.prepare(small, graph.example_inputs, runtime, threads=threads)
-        times = [(p.latency(repeats=10, warmup=2), q.latency(repeats=10, warmup=2))
-                 for p, q in [(cut, base)] * rounds]
+        times = [(cut.latency(repeats=10, warmup=2), base.latency(repeats=10, warmup=2)) for _ in range(rounds)]
         return statistics.median(t[0] for t in times) / statistics.median(t[1] for t in times)
     return ratio
 
 
-class _Cut:
-    """Cuts of ``model`` by MAC budgets, corrected by what a measurement says."""
-
-    def __init__(self, model, graph, scores, target: Target, fold: bool):
-        self.model, self.graph, self.scores, self.target, self.fold = model, graph, scores, target, fold
-
-    def until(self, ratio_of, aim: float, *, band: tuple[float, float], plan: Plan, tries: int = 5) -> nn.Module:
-        """Cut by ``plan``, measure ``ratio_of(cut)``; while it is outside ``aim`` times ``band``, plan
-        again with the MAC budget scaled by ``aim / ratio`` (the planner counts conv and linear MACs;
-        attention's matrix products or a runtime's latency shrink differently). Returns the first cut
-        within the band, else the closest (at or under ``aim`` preferred)."""
-        goal, best = self.target.macs, None
-        for _ in range(tries):
-            small = apply(copy.deepcopy(self.model), self.graph, plan, fold=self.fold)
-            got = ratio_of(small)
-            rank = (band[0] * aim <= got <= band[1] * aim, got <= aim, -abs(got - aim))
-            if best is None or rank > best[0]:
-                best = (rank, small, got)
-            if rank[0]:
-                break
-            goal = min(1.0, max(1e-3, goal * aim / got))
-            try:
-                plan = make_plan(self.graph, self.scores, replace(self.target, macs=goal), layer_facts(self.graph))
-            except ValueError:
-                break
-        if not best[0][0] and band[1] > 1.0:
-            warnings.warn(f"secateur.prune: measured {best[2]:.3f} of the baseline's latency, not within 5 % "
-                          f"of target_latency={aim}; returning the closest cut", RuntimeWarning, stacklevel=3)
-        return best[1]
+def _cut_until(model, graph: Graph, scores, facts, target: Target, plan: Plan, fold: bool, ratio_of, *,
+               band: tuple[float, float], tries: int = 5) -> nn.Module:
+    """Cut by ``plan``, measure ``ratio_of(cut)``; while it is outside ``target.macs`` times ``band``,
+    plan again with the MAC budget scaled by ``target / ratio`` (the planner counts conv and linear
+    MACs; attention's matrix products or a runtime's latency shrink differently). Returns the first
+    cut within the band, else the closest (at or under the target preferred)."""
+    aim = goal = target.macs
+    best = None
+    for _ in range(tries):
+        small = apply(copy.deepcopy(model), graph, plan, fold=fold)
+        got = ratio_of(small)
+        rank = (band[0] * aim <= got <= band[1] * aim, got <= aim, -abs(got - aim))
+        if best is None or rank > best[0]:
+            best = (rank, small, got)
+        if rank[0]:
+            break
+        goal = min(1.0, max(1e-3, goal * aim / got))
+        try:
+            plan = make_plan(graph, scores, replace(target, macs=goal), facts)
+        except ValueError:
+            break
+    if not best[0][0] and band[1] > 1.0:
+        warnings.warn(f"secateur.prune: measured {best[2]:.3f} of the baseline's latency, not within 5 % "
+                      f"of target_latency={aim}; returning the closest cut", RuntimeWarning, stacklevel=3)
+    return best[1]

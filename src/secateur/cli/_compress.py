@@ -69,22 +69,20 @@ def loaders(recipe: Recipe):
 
 def extras(recipe: Recipe) -> None:
     """The optional packages the recipe needs, imported before any work (a missing one is one line)."""
-    needs = [("report", ("matplotlib",), "the report's plots")]
-    if recipe.export["onnx"]:
-        needs.append(("onnx", ("onnx", "onnxruntime", "onnxscript"), "[export] onnx = true"))
-    wanted = [("method", recipe.config.runtime)] if getattr(recipe.config, "latency", None) is not None else []
-    for section, name in [*wanted, *(("export", n) for n in recipe.export["runtimes"])]:
-        try:   # the runtimes latency is measured or reported on
+    wanted = [("[export] onnx = true", "onnxruntime")] if recipe.export["onnx"] else []
+    if getattr(recipe.config, "latency", None) is not None:
+        wanted.append(("[method] latency", recipe.config.runtime))
+    wanted += [("[export] runtimes", name) for name in recipe.export["runtimes"]]
+    for why, name in wanted:   # the runtimes a run exports to, measures or reports on
+        try:
             runtimes.backend(name)
         except ValueError as e:
-            raise UsageError(f"{recipe.path.name}: [{section}] {e}") from None
-    for extra, modules, why in needs:
-        for module in modules:
-            try:
-                importlib.import_module(module)
-            except ImportError as e:
-                raise UsageError(f"{why} needs {module}, which does not import ({e}): pip install "
-                                 f"'secateur[{extra}]'" + (" or set onnx = false" if extra == "onnx" else "")) from None
+            raise UsageError(f"{recipe.path.name}: {why}: {e}") from None
+    try:
+        importlib.import_module("matplotlib")
+    except ImportError as e:
+        raise UsageError(f"the report's plots need matplotlib, which does not import ({e}): "
+                         f"pip install 'secateur[report]'") from None
 
 
 def run(recipe: Recipe, out: Path, *, force: bool = False, progress: bool = True, compile: bool = False) -> dict:

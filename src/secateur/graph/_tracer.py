@@ -103,19 +103,17 @@ def _holds_proxies(a) -> bool:
     return any(isinstance(v, fx.Proxy) for v in vars(a).values())
 
 
-def _constant(obj):
-    """A graph-callable that returns ``obj`` itself."""
+def _constant(obj, name: str | None = None):
+    """A graph-callable named ``name`` that returns ``obj`` itself."""
     def constant():
         return obj
-    constant.__name__ = constant.__qualname__ = f"{type(obj).__name__}_constant"
+    constant.__name__ = constant.__qualname__ = name or f"{type(obj).__name__}_constant"
     return constant
 
 
 def _width(module: str, attr: str, value: int):
     """A graph-callable standing for ``<module>.<attr>``, a width a registered block keeps."""
-    def width():
-        return value
-    width.__name__ = width.__qualname__ = f"{module.replace('.', '_')}_{attr}".lstrip("_")
+    width = _constant(value, f"{module.replace('.', '_')}_{attr}".lstrip("_"))
     width.width_attr = (module, attr)
     return width
 

@@ -49,9 +49,6 @@ class Backend:
                 raise RuntimeMissing(f"runtime {self.name!r} needs {module}, which does not import ({e}): "
                                      f"pip install 'secateur[{self.extra}]'") from None
 
-    def version(self) -> str:
-        return ";".join(f"{m}={getattr(importlib.import_module(m), '__version__', '?')}" for m in self.modules)
-
     def load(self, model: nn.Module, inputs: tuple[torch.Tensor, ...], folder: Path, threads: int) -> Runner:
         raise NotImplementedError
 
