@@ -89,3 +89,31 @@ def test_target_latency_is_met_on_the_runtime_it_is_measured_on(monkeypatch, aim
     with pytest.raises(rt.RuntimeMissing):
         monkeypatch.setitem(sys.modules, "openvino", None)
         secateur.prune(model, x, L1(), target_latency=0.5, runtime="openvino")
+
+
+def test_a_latency_table_predicts_the_staircase_and_is_read_from_its_cache(monkeypatch, tmp_path) -> None:
+    monkeypatch.setitem(rt._base._BACKENDS, "staircase", Staircase())
+    model, x = _vgg(), torch.randn(1, 3, 16, 16)
+    graph = secateur.trace(model, x)
+    table = rt.latency_table(model, graph, "staircase", cache=tmp_path, progress=False)
+    assert table.measured > 0 and table.hits == 0 and abs(table.fixed) < 1e-9
+    assert table.curves["3"].out_widths == [8, 16, 24, 32, 40] and table.curves["3"].in_widths == [8, 16, 24]
+    assert math.isclose(table.total(), rt.prepare(model, x, "staircase").latency())
+    assert table.layer("3", 24, 33) == table.layer("3", 24, 40) > table.layer("3", 24, 32)   # one stair
+    again = rt.latency_table(model, graph, "staircase", cache=tmp_path, progress=False)
+    assert again.measured == 0 and again.hits == table.measured and again.curves == table.curves
+
+
+def test_target_latency_plans_on_the_table_and_snaps_widths_to_the_stairs(monkeypatch, tmp_path) -> None:
+    monkeypatch.setitem(rt._base._BACKENDS, "staircase", Staircase())
+    monkeypatch.setenv("SECATEUR_CACHE", str(tmp_path))   # an empty cache: every layer is timed
+    model, x = _vgg(), torch.randn(1, 3, 16, 16)
+    calls = []
+    measure = rt.prepare
+    monkeypatch.setattr(rt._tables, "prepare", lambda *a, **k: calls.append(a) or measure(*a, **k))
+    small = secateur.prune(model, x, L1(), target_latency=0.5, runtime="staircase")
+    cost = [rt.prepare(m, x, "staircase").latency() for m in (model, small)]
+    assert 0.45 <= cost[1] / cost[0] <= 0.5   # the table is exact here: the first plan is kept
+    widths = [m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)]
+    assert all(w % 8 == 0 for w in widths) and widths != [24, 40, 56, 72], widths
+    assert len(calls) > 10   # the layers were timed one by one

@@ -156,6 +156,33 @@ class LinearAttention(nn.Module):
         return self.proj(out.transpose(-1, -2).reshape(b, -1, h, w))
 
 
+class ChannelAttention(nn.Module):
+    """EdgeNeXt's cross-covariance attention: a softmax over channels of q @ k^T (a channels x
+    channels map per head), applied to v; C read off the input for the final reshape."""
+
+    def __init__(self, transposed: bool = False) -> None:
+        super().__init__()
+        self.transposed = transposed
+        self.stem = _cbr(3, 16)
+        self.qkv = nn.Linear(16, 48)
+        self.temperature = nn.Parameter(torch.rand(2, 1, 1) + 0.5)
+        self.proj = nn.Linear(16, 16)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        b, c, h, w = x.shape
+        t = x.reshape(b, c, h * w).permute(0, 2, 1)
+        bb, n, cc = t.shape
+        q, k, v = self.qkv(t).reshape(bb, n, 3, 2, -1).permute(2, 0, 3, 4, 1).unbind(0)
+        attn = nn.functional.normalize(q, dim=-1) @ nn.functional.normalize(k, dim=-1).transpose(-2, -1)
+        attn = (attn * self.temperature).softmax(dim=-1)
+        if self.transposed:
+            attn = attn.transpose(-2, -1)
+        t = (attn @ v).permute(0, 3, 1, 2).reshape(bb, n, cc)
+        return self.head(self.proj(t).permute(0, 2, 1).reshape(b, c, h, w))
+
+
 class ShapeCache(nn.Module):
     """Ultralytics' Detect: anchors recomputed when the feature map's shape differs from the cached one."""
 
@@ -367,3 +394,31 @@ def test_a_shape_cache_check_is_not_a_use_of_the_channel_count() -> None:
     assert _group_of(graph, "a.0").prunable
     assert _exact(model, x, graph).a[0].out_channels < 16
 
+
+
+def test_a_softmax_over_channels_of_an_outer_product_prunes_them_inexactly() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    model = _calibrated(ChannelAttention(), x)
+    graph = secateur.trace(model, x)
+    group = _group_of(graph, "stem.0")   # the stream, tied position by position to the 2 x 8 attention channels
+    assert group.prunable and not group.exact and group.size == 8 and "qkv" in group.modules(Role.OUT)
+    pruned = secateur.prune(model, x, L1(), amount=0.5)
+    assert pruned.qkv.out_features == 24 and pruned.proj.in_features == 8 and pruned.temperature.shape == (2, 1, 1)
+    kept = np.flatnonzero((pruned.stem[0].weight[:, None] == model.stem[0].weight).flatten(2).all(2).any(0))
+    rows = np.concatenate([kept + 16 * i for i in range(3)])   # q, k, v of the kept channels, both heads
+    f = nn.functional
+    with torch.no_grad():   # the same attention computed over the kept channels only
+        s = model.stem(x)[:, kept].flatten(2).transpose(1, 2)
+        q, k, v = f.linear(s, model.qkv.weight[rows][:, kept], model.qkv.bias[rows]).reshape(2, 64, 3, 2, 4) \
+            .permute(2, 0, 3, 4, 1).unbind(0)
+        attn = ((f.normalize(q, dim=-1) @ f.normalize(k, dim=-1).transpose(-2, -1)) * model.temperature).softmax(-1)
+        t = f.linear((attn @ v).permute(0, 3, 1, 2).reshape(2, 64, 8), model.proj.weight[kept][:, kept],
+                     model.proj.bias[kept])
+        expected = f.conv2d(t.transpose(1, 2).reshape(2, 8, 8, 8), model.head.weight[:, kept], model.head.bias)
+        torch.testing.assert_close(pruned(x), expected)
+
+
+def test_an_outer_product_used_any_other_way_is_frozen() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    graph = secateur.trace(_calibrated(ChannelAttention(transposed=True), x), x)
+    assert "two dims (an outer product)" in (_group_of(graph, "qkv").frozen or "")

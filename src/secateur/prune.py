@@ -114,14 +114,21 @@ def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
                     global_ranking=global_ranking, min_channels=min_channels, round_to=round_to,
                     max_amount=max_amount)
     scores, facts = score(model, graph, criterion, data), layer_facts(graph)
-    plan = make_plan(graph, scores, target, facts)
+    costs = None
     if target_latency is not None:
-        return _cut_until(model, graph, scores, facts, target, plan, fold,
+        from .runtimes import latency_table
+        costs = latency_table(model, graph, runtime, threads=threads)
+
+    def replan(goal: float) -> Plan:
+        return make_plan(graph, scores, replace(target, macs=goal), facts, costs)
+    plan = replan(target.macs) if target.macs is not None else make_plan(graph, scores, target, facts)
+    if target_latency is not None:
+        return _cut_until(model, graph, replan, target.macs, plan, fold,
                           _latency_ratio(model, graph, runtime, threads), band=(0.95, 1.05))
     if target_macs is not None:
         base = _macs(model, graph)
         if abs(base - estimate_macs(graph, facts, {})) > 1e-3 * base:   # not all MACs are in conv/linear
-            return _cut_until(model, graph, scores, facts, target, plan, fold,
+            return _cut_until(model, graph, replan, target.macs, plan, fold,
                               lambda small: _macs(small, graph) / base, band=(0.99, 1.0))
     return apply(copy.deepcopy(model), graph, plan, fold=fold)
 
@@ -144,13 +151,14 @@ def _latency_ratio(model: nn.Module, graph: Graph, runtime: str, threads: int, r
     return ratio
 
 
-def _cut_until(model, graph: Graph, scores, facts, target: Target, plan: Plan, fold: bool, ratio_of, *,
+def _cut_until(model, graph: Graph, replan, aim: float, plan: Plan, fold: bool, ratio_of, *,
                band: tuple[float, float], tries: int = 5) -> nn.Module:
-    """Cut by ``plan``, measure ``ratio_of(cut)``; while it is outside ``target.macs`` times ``band``,
-    plan again with the MAC budget scaled by ``target / ratio`` (the planner counts conv and linear
-    MACs; attention's matrix products or a runtime's latency shrink differently). Returns the first
-    cut within the band, else the closest (at or under the target preferred)."""
-    aim = goal = target.macs
+    """Cut by ``plan``, measure ``ratio_of(cut)``; while it is outside ``aim`` times ``band``, plan
+    again (``replan(goal)``) with the goal scaled by ``aim / ratio`` (the planner predicts conv and
+    linear MACs or layer latencies; attention's matrix products or a whole runtime shrink
+    differently). Returns the first cut within the band, else the closest (at or under the aim
+    preferred)."""
+    goal = aim
     best = None
     for _ in range(tries):
         small = apply(copy.deepcopy(model), graph, plan, fold=fold)
@@ -162,7 +170,7 @@ def _cut_until(model, graph: Graph, scores, facts, target: Target, plan: Plan, f
             break
         goal = min(1.0, max(1e-3, goal * aim / got))
         try:
-            plan = make_plan(graph, scores, replace(target, macs=goal), facts)
+            plan = replan(goal)
         except ValueError:
             break
     if not best[0][0] and band[1] > 1.0:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.fx as fx
 
+from ._movement import moving
 from ._types import Role
 from ._walk import TInfo, Walker, _along
 
@@ -60,8 +61,9 @@ def elementwise(w: Walker, n: fx.Node, args, kwargs, out):
     for t in coupled[1:]:
         w.tie(coupled[0].ids, t.ids)
     ids = coupled[0].ids
+    varying = moving(w, TInfo(tuple(out.shape), dims, ids))   # a per-head scale spans heads, not units
     for t in infos:
-        if any(t is c for c in coupled) or _spans_nothing(t, out, dims):
+        if any(t is c for c in coupled) or _spans_nothing(t, out, varying):
             continue
         if t.ids is None and t.attr and _attr_site(w, t, out, dims, ids):
             continue

@@ -57,6 +57,8 @@ class TInfo:
     ids: np.ndarray | None = None       # unit id per channel position, shape [shape[d] for d in dims]
     attr: str | None = None             # qualified name when the tensor is a model parameter/buffer
     attr_dim: int | None = None         # for a reshaped view of a per-channel parameter: its sliced dim
+    cross: np.ndarray | None = None     # an outer product's column units (``q @ k.T`` over channels) ...
+    cross_dim: int | None = None        # ... laid along this dim, beside the row units in ``ids``
 
 
 @dataclass

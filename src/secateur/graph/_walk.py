@@ -87,6 +87,8 @@ class Walker(fx.Interpreter):
         for t in self._tensors(value):
             if t.ids is not None:
                 self.freeze_ids(t.ids, reason)
+            if t.cross is not None:
+                self.freeze_ids(t.cross, reason)
 
     def _tensors(self, value) -> list[TInfo]:
         if isinstance(value, TInfo):
@@ -160,6 +162,15 @@ class Walker(fx.Interpreter):
         return fx.node.map_aggregate(a, lambda x: self.info.get(x) if isinstance(x, fx.Node) else None)
 
     def analyse(self, n: fx.Node, args, kwargs, out):
+        info = self._analyse(n, args, kwargs, out)
+        crossed = [t for t in (self.info.get(a) for a in n.all_input_nodes)
+                   if isinstance(t, TInfo) and t.cross is not None]
+        if crossed:
+            from ._matmul import carry_cross
+            return carry_cross(self, n, args, kwargs, out, crossed, info)
+        return info
+
+    def _analyse(self, n: fx.Node, args, kwargs, out):
         if n.op == "placeholder":
             return self.new_info(out, self.boundary or f"model input '{n.target}'")
         if n.op == "get_attr":

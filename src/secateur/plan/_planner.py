@@ -116,18 +116,21 @@ def _below(gs: _Groups, threshold: float) -> dict[int, int]:
     return {g: int(np.searchsorted(gs.keys[g], threshold, side="right")) for g in gs.ids}
 
 
-class _MacBook:
-    """``estimate_macs`` kept up to date as units are given back, one group step at a time.
+class _CostBook:
+    """The model's cost (``estimate_macs`` by default, or a layer latency table's prediction) kept up to
+    date as units are removed or given back, one group step at a time.
 
-    MACs are bilinear in each layer's kept input and output counts, so giving units back to a group
-    only changes the layers whose IN/OUT sites it touches: each what-if costs a few multiplications.
+    A layer's cost depends only on its own kept input and output counts, so changing one group only
+    changes the layers whose IN/OUT sites it touches: each what-if costs a few lookups.
+    ``layer(module, c_in, c_out)``: the cost of every call of a layer at those widths.
     """
 
-    def __init__(self, graph: Graph, facts, gs: _Groups, removed: Mapping[int, int]):
+    def __init__(self, graph: Graph, facts, gs: _Groups, removed: Mapping[int, int], layer=None):
         self.facts, self.gs, self._graph = facts, gs, graph
         self.positions: dict[str, int] = {}
         for call in graph.calls:
             self.positions[call.module] = self.positions.get(call.module, 0) + call.positions
+        self.layer = layer or self._macs
         masks = site_masks(graph, gs.masks(removed))
         self.kept: dict[tuple[str, Role], int] = {}   # as estimate_macs counts them
         for s in graph.sites:
@@ -136,12 +139,14 @@ class _MacBook:
         self.total = sum(self._layer(m, self.kept) for m in self.positions)
         self._touch: dict[int, list[tuple[tuple[str, Role], np.ndarray]]] = {}
 
-    def _layer(self, module: str, kept: Mapping[tuple[str, Role], int]) -> int:
+    def _macs(self, module: str, c_in: int, c_out: int) -> int:
         f = self.facts[module]
-        c_in = kept.get((module, Role.IN), f.c_in)
-        c_out = kept.get((module, Role.OUT), f.c_out)
         per_in = 1 if f.groups > 1 and f.c_in == f.groups else c_in // f.groups
         return self.positions[module] * c_out * per_in * f.kernel
+
+    def _layer(self, module: str, kept: Mapping[tuple[str, Role], int]) -> float:
+        f = self.facts[module]
+        return self.layer(module, kept.get((module, Role.IN), f.c_in), kept.get((module, Role.OUT), f.c_out))
 
     def touch(self, g: int) -> list[tuple[tuple[str, Role], np.ndarray]]:
         """(module, role) of each weighted site of group ``g``, with the cumulative count of its
@@ -158,14 +163,19 @@ class _MacBook:
                               for k, c in counts.items()]
         return self._touch[g]
 
-    def restore(self, g: int, r_from: int, r_to: int, budget: float) -> bool:
-        """Give back units ``r_to:r_from`` (in removal order) of group ``g`` if the MACs stay within
-        ``budget``; say whether it did."""
+    def what_if(self, g: int, r_from: int, r_to: int) -> tuple[dict, float]:
+        """(the kept counts, the change in cost) if group ``g`` went from ``r_from`` removed units to
+        ``r_to`` (in removal order)."""
         kept = dict(self.kept)
         for key, cum in self.touch(g):
             kept[key] = kept.get(key, self._full(key)) + int(cum[r_from] - cum[r_to])
         modules = {key[0] for key, _ in self.touch(g)}
-        delta = sum(self._layer(m, kept) - self._layer(m, self.kept) for m in modules)
+        return kept, sum(self._layer(m, kept) - self._layer(m, self.kept) for m in modules)
+
+    def restore(self, g: int, r_from: int, r_to: int, budget: float) -> bool:
+        """Move group ``g`` from ``r_from`` to ``r_to`` removed units if the cost stays within
+        ``budget``; say whether it did."""
+        kept, delta = self.what_if(g, r_from, r_to)
         if self.total + delta > budget:
             return False
         self.kept, self.total = kept, self.total + delta
@@ -176,7 +186,8 @@ class _MacBook:
         return f.c_in if key[1] is Role.IN else f.c_out
 
 
-def _top_up(graph: Graph, facts, gs: _Groups, removed: Mapping[int, int], budget: float, global_ranking: bool) -> dict[int, int]:
+def _top_up(graph: Graph, facts, gs: _Groups, removed: Mapping[int, int], budget: float, global_ranking: bool,
+            layer=None) -> dict[int, int]:
     """Give units back while the MACs stay within ``budget``: integer (and ``round_to``) removals
     leave the bisection's plan short of the budget, most on models with many small groups.
 
@@ -189,7 +200,7 @@ def _top_up(graph: Graph, facts, gs: _Groups, removed: Mapping[int, int], budget
     where many groups would switch together, so amounts stay within one step of uniform.
     """
     r = {g: gs.rounded(g, removed.get(g, 0)) for g in gs.ids}
-    book = _MacBook(graph, facts, gs, r)
+    book = _CostBook(graph, facts, gs, r, layer)
     norm = gs.keys
 
     def entry(g: int):
@@ -208,9 +219,78 @@ def _top_up(graph: Graph, facts, gs: _Groups, removed: Mapping[int, int], budget
     return r
 
 
-def make_plan(graph: Graph, scores: Mapping[int, np.ndarray], target: Target, facts) -> Plan:
-    """Turn unit scores (least important = lowest) into a Plan meeting ``target``."""
+def _greedy(graph: Graph, facts, gs: _Groups, budget: float, floor: float, layer) -> dict[int, int]:
+    """Remove, one step at a time, the units that lose the least importance per unit of cost saved,
+    until the predicted cost is within ``budget``. A step is the fewest units of one group (a
+    multiple of ``round_to``) that saves anything: on a latency staircase, down to the next stair.
+    Steps that would land below ``floor`` (a big stair overshooting the budget) wait while smaller
+    ones can still reach it."""
+    r = {g: 0 for g in gs.ids}
+    book = _CostBook(graph, facts, gs, r, layer)
+    users: dict[str, set[int]] = {}
+    for g in gs.ids:
+        for (module, _), _ in book.touch(g):
+            users.setdefault(module, set()).add(g)
+    version = dict.fromkeys(gs.ids, 0)
+
+    def candidate(g: int):
+        kept = gs.sizes[g] - r[g]
+        k = (kept - 1) // gs.step[g] * gs.step[g]
+        while k >= gs.sizes[g] - gs.cap[g] and k > 0:
+            _, delta = book.what_if(g, r[g], gs.sizes[g] - k)
+            if delta < 0:
+                lost = float(gs.keys[g][r[g]: gs.sizes[g] - k].sum())
+                return (lost / -delta, version[g], g, gs.sizes[g] - k, lost, -delta)
+            k -= gs.step[g]
+        return None
+
+    heap = [c for c in map(candidate, gs.ids) if c is not None]
+    heapq.heapify(heap)
+    aside = []   # steps that would land below ``floor``: taken only when nothing else reaches the budget
+    while book.total > budget and (heap or aside):
+        if heap:
+            best = heapq.heappop(heap)
+            if best[1] != version[best[2]]:
+                continue
+            if book.total - best[5] < floor:
+                aside.append(best)
+                continue
+        else:
+            live = [c for c in aside if c[1] == version[c[2]]]
+            aside = []
+            if not live:
+                break
+            best = min(live, key=lambda c: c[4])   # of the steps past the floor, the one losing least
+        _, _, g, to, _, _ = best
+        book.restore(g, r[g], to, float("inf"))
+        r[g] = to
+        for h in {h for (module, _), _ in book.touch(g) for h in users[module]}:
+            version[h] += 1
+            c = candidate(h)
+            if c is not None:
+                heapq.heappush(heap, c)
+    if book.total > budget:
+        raise TargetError(f"the predicted cost cannot fall to {budget:.4g}: the most this model can be pruned "
+                          f"keeps {book.total:.4g}")
+    return r
+
+
+def make_plan(graph: Graph, scores: Mapping[int, np.ndarray], target: Target, facts, costs=None) -> Plan:
+    """Turn unit scores (least important = lowest) into a Plan meeting ``target``.
+
+    costs: plan against a predicted cost instead of MACs (``target.macs`` is then the fraction of it
+    to keep): an object with ``layer(module, c_in, c_out)``, the cost of a weighted layer at those
+    widths (e.g. :class:`secateur.runtimes.LatencyTable`), and ``fixed``, the cost of the rest of the
+    model. Planned greedily on importance lost per unit of cost saved, then topped up.
+    """
     gs = _Groups(graph, scores, target)
+    if costs is not None:
+        if target.macs is None:
+            raise ValueError("a cost model plans for a target fraction (target.macs)")
+        full = _CostBook(graph, facts, gs, {}, costs.layer).total
+        budget = target.macs * (full + costs.fixed) - costs.fixed
+        chosen = _greedy(graph, facts, gs, budget, budget - 0.04 * target.macs * (full + costs.fixed), costs.layer)
+        return Plan.from_masks(gs.masks(_top_up(graph, facts, gs, chosen, budget, True, costs.layer)))
     capacity = sum(gs.cap.values())
 
     def removals(x: float) -> dict[int, int]:

@@ -8,9 +8,13 @@ runtime it ships on.
 ``torch`` and ``torch-channels-last`` (PyTorch eager), ``onnxruntime`` (``pip install
 'secateur[onnx]'``), ``openvino``, ``opencv`` (its DNN module) and ``mnn`` (``pip install
 'secateur[runtimes]'``). A new runtime is one :class:`Backend` subclass and one :func:`register`.
+
+``latency_table(model, graph, runtime)`` times every conv/linear layer alone at a grid of kept widths
+(cached on disk); ``secateur.prune(..., target_latency=, runtime=)`` plans against it.
 """
 from . import _backends  # noqa: F401  (registers the runtimes)
 from ._base import Backend, Prepared, RuntimeMismatch, RuntimeMissing, agree, backend, backends, installed, prepare, register
+from ._tables import Curve, LatencyTable, cache_file, grid, latency_table
 
-__all__ = ["Backend", "Prepared", "RuntimeMismatch", "RuntimeMissing", "agree", "backend", "backends", "installed",
-           "prepare", "register"]
+__all__ = ["Backend", "Curve", "LatencyTable", "Prepared", "RuntimeMismatch", "RuntimeMissing", "agree", "backend",
+           "backends", "cache_file", "grid", "installed", "latency_table", "prepare", "register"]

@@ -1,0 +1,258 @@
+"""Per-layer latency tables: how long each conv/linear layer takes on a runtime as its widths shrink.
+
+For each weighted layer, at the input shape it sees in the model (batch included), the layer alone is
+timed on the runtime at a grid of kept output widths (all inputs kept) and of kept input widths (all
+outputs kept): multiples of 8 (of ``groups`` for grouped convs), 16 points a curve at most, plus the
+full width. A depthwise conv has one curve (its inputs, outputs and groups shrink together). A width
+between grid points costs what the next grid point above it costs (the staircase, read
+conservatively), and a layer at ``(c_in, c_out)`` is predicted as ``out(c_out) * in(c_in) / full``.
+
+Every timing is cached on disk (``$SECATEUR_CACHE``, else ``$XDG_CACHE_HOME/secateur/latency``, one JSON file per machine,
+runtime, runtime version and thread count, keyed by the layer's signature and widths), so a second
+table for the same layers measures nothing. ONNX runtimes time a one-node ONNX graph written here
+(no exporter run per point); PyTorch runtimes time the layer itself.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..forward import inference
+from ._base import backend, prepare
+
+
+@dataclass
+class Curve:
+    """Milliseconds of one layer (all its calls) at grid widths: kept outputs and kept inputs."""
+
+    out_widths: list[int]
+    out_ms: list[float]
+    in_widths: list[int]
+    in_ms: list[float]
+    full: float
+    depthwise: bool = False
+
+    @staticmethod
+    def _at(widths: list[int], ms: list[float], w: int) -> float:
+        i = int(np.searchsorted(widths, w))
+        return ms[min(i, len(ms) - 1)]
+
+    def ms(self, c_in: int, c_out: int) -> float:
+        out = self._at(self.out_widths, self.out_ms, c_out)
+        if self.depthwise or self.full <= 0:
+            return out
+        return out * self._at(self.in_widths, self.in_ms, c_in) / self.full
+
+
+@dataclass
+class LatencyTable:
+    """Predicted latency of a model's weighted layers at any widths, from measured curves.
+
+    ``layer(module, c_in, c_out)``: milliseconds of that layer; ``fixed``: what the rest of the model
+    takes (the whole model's measured latency minus its layers' sum, at least 0); ``seconds``: the
+    time spent building the table; ``measured`` / ``hits``: timings made / read from the cache.
+    """
+
+    runtime: str
+    threads: int
+    curves: dict[str, Curve]
+    fixed: float = 0.0
+    seconds: float = 0.0
+    measured: int = 0
+    hits: int = 0
+    cache: Path | None = field(default=None, repr=False)
+
+    def layer(self, module: str, c_in: int, c_out: int) -> float:
+        curve = self.curves.get(module)
+        return curve.ms(c_in, c_out) if curve is not None else 0.0
+
+    def total(self) -> float:
+        """The predicted latency of the unpruned model (layers plus the rest)."""
+        return sum(c.full for c in self.curves.values()) + self.fixed
+
+
+def grid(size: int, unit: int = 8, points: int = 16) -> list[int]:
+    """Kept widths to time for a dim of ``size``: multiples of ``unit`` (at most ``points``) and ``size``."""
+    unit = max(1, unit)
+    step = unit * max(1, math.ceil(size / unit / points))
+    return sorted({w for w in range(step, size, step)} | {size})
+
+
+def _version(runtime: str) -> str:
+    parts = []
+    for name in backend(runtime).modules:
+        module = importlib.import_module(name)
+        parts.append(f"{name}-{getattr(module, '__version__', '?')}")
+    return "_".join(parts)
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} x{os.cpu_count()}"
+
+
+def cache_file(runtime: str, threads: int, folder: str | os.PathLike | None = None) -> Path:
+    """Where timings for ``runtime`` on this machine are cached."""
+    root = Path(folder or os.environ.get("SECATEUR_CACHE") or
+                Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "secateur" / "latency")
+    key = hashlib.sha256(f"{_machine()}|{runtime}|{_version(runtime)}|{threads}".encode()).hexdigest()[:16]
+    return root / f"{runtime}-{key}.json"
+
+
+def _variant(layer: nn.Module, c_in: int, c_out: int) -> nn.Module:
+    """A plain layer like ``layer`` at the given widths (random weights: only its time matters)."""
+    torch.manual_seed(0)
+    bias = getattr(layer, "bias", None) is not None
+    if isinstance(layer, nn.Linear):
+        return nn.Linear(c_in, c_out, bias=bias)
+    conv = type(layer) if type(layer) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) else \
+        {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(layer.kernel_size)]
+    groups = c_in if layer.groups == layer.in_channels and layer.groups > 1 else layer.groups
+    return conv(c_in, c_out, layer.kernel_size, layer.stride, layer.padding, layer.dilation, groups, bias,
+                layer.padding_mode)
+
+
+def _onnx(layer: nn.Module, shape: tuple[int, ...], path: Path) -> bool:
+    """Write ``layer`` as a one-node ONNX graph; False when it is not a plain conv/linear."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    w = layer.weight.detach().numpy()
+    inits = [numpy_helper.from_array(w.T.copy() if isinstance(layer, nn.Linear) else w, "w")]
+    has_bias = layer.bias is not None
+    if has_bias:
+        inits.append(numpy_helper.from_array(layer.bias.detach().numpy(), "b"))
+    if isinstance(layer, nn.Linear):
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["y0" if has_bias else "y"])]
+        if has_bias:
+            nodes.append(helper.make_node("Add", ["y0", "b"], ["y"]))
+    else:
+        if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
+            return False
+        nodes = [helper.make_node("Conv", ["x", "w"] + (["b"] if has_bias else []), ["y"],
+                                  kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
+                                  pads=list(layer.padding) * 2, dilations=list(layer.dilation), group=layer.groups)]
+    model = helper.make_model(helper.make_graph(nodes, "layer", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, os.fspath(path))
+    return True
+
+
+def _time(layer: nn.Module, shape: tuple[int, ...], runtime: str, threads: int, repeats: int) -> float:
+    x = torch.randn(shape)
+    with tempfile.TemporaryDirectory(prefix="secateur-table-") as folder:
+        if not runtime.startswith("torch"):
+            _onnx(layer, shape, Path(folder) / "model.onnx")   # else the runtime exports it itself
+        p = prepare(layer, x, runtime, threads=threads, folder=folder)
+        return p.latency(repeats=repeats, warmup=2)
+
+
+def _inputs(model: nn.Module, example_inputs, modules: set[str]) -> dict[str, list[tuple[int, ...]]]:
+    """The input shape of every call of each of ``modules`` on the example inputs."""
+    shapes: dict[str, list[tuple[int, ...]]] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a, name=name: shapes.setdefault(name, []).append(tuple(a[0].shape)))
+             for name, m in model.named_modules() if name in modules]
+    try:
+        with inference(model, None):
+            model(*example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def latency_table(model: nn.Module, graph, runtime: str = "torch", *, threads: int = 1, repeats: int = 7,
+                  cache: str | os.PathLike | None = None, progress: bool = True) -> LatencyTable:
+    """Time ``model``'s weighted layers (those ``graph`` = ``secateur.trace(model, x)`` found) on
+    ``runtime`` at the shapes they see on the trace's example inputs; see the module's docstring."""
+    start = time.perf_counter()
+    path = cache_file(runtime, threads, cache)
+    try:
+        stored = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        stored = {}
+    modules = {call.module for call in graph.calls}
+    shapes = _inputs(model, graph.example_inputs, modules)
+    jobs = []
+    for name in sorted(shapes):
+        layer = model.get_submodule(name)
+        if not isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd)) or isinstance(layer, nn.modules.conv._ConvTransposeNd):
+            continue
+        linear = isinstance(layer, nn.Linear)
+        c_in, c_out = (layer.in_features, layer.out_features) if linear else (layer.in_channels, layer.out_channels)
+        depthwise = not linear and layer.groups == c_in and c_in > 1 and c_out == c_in
+        unit = 8 if linear or layer.groups == 1 or depthwise else math.lcm(8, layer.groups)
+        outs = grid(c_out, unit)
+        ins = [] if depthwise else grid(c_in, unit)
+        points = [(w, w) if depthwise else (c_in, w) for w in outs] + [(w, c_out) for w in ins]   # full: twice
+        jobs.append((name, layer, depthwise, outs, ins, points))
+    total_points = sum(len(set(j[5])) * len(shapes[j[0]]) for j in jobs)
+    bar = _bar(total_points, f"latency table ({runtime})", progress)
+    curves, measured, hits = {}, 0, 0
+    for name, layer, depthwise, outs, ins, points in jobs:
+        ms: dict[tuple[int, int], float] = {}
+        for ci, co in dict.fromkeys(points):
+            t = 0.0
+            for shape in shapes[name]:
+                x_shape = (*shape[:-1], ci) if isinstance(layer, nn.Linear) else (shape[0], ci, *shape[2:])
+                key = f"{type(layer).__name__}|{_signature(layer)}|x={x_shape}|out={co}"
+                if key not in stored:
+                    stored[key] = _time(_variant(layer, ci, co), x_shape, runtime, threads, repeats)
+                    measured += 1
+                else:
+                    hits += 1
+                t += stored[key]
+                bar.update(1)
+            ms[(ci, co)] = t
+        full = ms[(points[0][0], outs[-1])] if not depthwise else ms[(outs[-1], outs[-1])]
+        curves[name] = Curve(outs, [ms[p] for p in points[:len(outs)]], ins, [ms[p] for p in points[len(outs):]],
+                             full, depthwise)
+    bar.close()
+    if measured:
+        _store(path, stored)
+    whole = prepare(model, graph.example_inputs, runtime, threads=threads).latency(repeats=repeats, warmup=2)
+    table = LatencyTable(runtime, threads, curves, 0.0, 0.0, measured, hits, path)
+    table.fixed = max(0.0, whole - sum(c.full for c in curves.values()))
+    table.seconds = time.perf_counter() - start
+    return table
+
+
+def _signature(layer: nn.Module) -> str:
+    if isinstance(layer, nn.Linear):
+        return f"bias={layer.bias is not None}"
+    return (f"k={tuple(layer.kernel_size)} s={tuple(layer.stride)} p={layer.padding} d={tuple(layer.dilation)} "
+            f"g={'dw' if layer.groups == layer.in_channels and layer.groups > 1 else layer.groups} "
+            f"bias={layer.bias is not None} mode={layer.padding_mode}")
+
+
+def _store(path: Path, stored: dict) -> None:
+    from ..io import atomic_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(stored, indent=0, sort_keys=True))
+
+
+def _bar(total: int, desc: str, show: bool):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, disable=not show, leave=False)
