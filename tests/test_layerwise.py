@@ -215,3 +215,19 @@ def test_sampled_windows_equal_unfold(conv):
     img, h, w, pos = torch.tensor([0, 1, 1]), torch.tensor([0, ho - 1, 2]), torch.tensor([wo - 1, 0, 3]), torch.tensor([0, 2, 4])
     expected = torch.stack([cols[i][pos, :, hh * wo + ww] for i, hh, ww in zip(img, h, w)])
     torch.testing.assert_close(_windows(conv, x, pos, img, h, w), expected, rtol=0, atol=0)
+
+
+def test_a_latency_target_is_planned_on_the_table_and_measured_after(monkeypatch) -> None:
+    from test_runtimes import Staircase, _vgg
+    import secateur.runtimes as rt
+    monkeypatch.setitem(rt._base._BACKENDS, "staircase", Staircase())
+    model, x = _vgg(), torch.randn(2, 3, 16, 16)
+    result = thinet(model, loader(2, (2, 3, 16, 16)), x, ThiNetMethod(latency=0.5, runtime="staircase"),
+                    progress=False)
+    pruned = next(r for r in result.records if r.stage == "pruned")
+    # one rate over the layers, predicted at most 0.5; the staircase reads input widths at the next
+    # multiple of 8, so the prediction is an upper bound of the measurement
+    assert 0.4 <= pruned["latency_predicted"] <= 0.5
+    assert pruned["latency_measured"] <= pruned["latency_predicted"] + 1e-9
+    with pytest.raises(ValueError, match="exactly one of amount="):
+        ThiNetMethod(amount=0.5, latency=0.5)

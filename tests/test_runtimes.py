@@ -117,3 +117,16 @@ def test_target_latency_plans_on_the_table_and_snaps_widths_to_the_stairs(monkey
     widths = [m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)]
     assert all(w % 8 == 0 for w in widths) and widths != [24, 40, 56, 72], widths
     assert len(calls) > 10   # the layers were timed one by one
+
+
+def test_profile_shares_add_up_and_the_biggest_conv_comes_first(monkeypatch, tmp_path) -> None:
+    monkeypatch.setitem(rt._base._BACKENDS, "staircase", Staircase())
+    model, x = _vgg(), torch.randn(1, 3, 16, 16)
+    rows, total = rt.profile(model, secateur.trace(model, x), "staircase", progress=False)
+    assert rows[0].module == "9" and rows[0].kind == "Conv2d"   # 56 -> 72 channels, 3x3: the most work
+    assert math.isclose(sum(r.latency_share for r in rows), 1.0, rel_tol=1e-6)
+    assert math.isclose(sum(r.macs_share for r in rows), 1.0, rel_tol=1e-6)
+    assert rows[0].bytes == 4 * (56 * 256 + 72 * 256 + 72 * 56 * 9 + 72)   # activations in and out, weights, bias
+    assert "compute" in rt.format_profile(rows, total, "staircase")
+    rt.plot_profile(rows, tmp_path / "p.png", "staircase")
+    assert (tmp_path / "p.png").stat().st_size > 1000

@@ -3,6 +3,7 @@
     secateur compress slimming-vgg              # a shipped recipe (or a path to your own .toml)
     secateur inspect resnet18 --input 3,224,224 # channel groups, frozen ones and why, per-layer params/MACs
     secateur measure runs/slimming-vgg          # params, MACs, latency, size of a run's model (or an arch)
+    secateur profile resnet50 --runtime onnxruntime   # per-layer latency share, MACs, bytes, memory-bound
     secateur export runs/slimming-vgg --onnx --fp16 --int8
     secateur sensitivity vgg8 --weights base.safetensors   # per-layer scan -> sensitivity/ratios.json
     secateur recipes                            # the shipped recipes
@@ -72,13 +73,20 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--compile", action="store_true",
                    help="train through torch.compile (about 40 s to compile each stage, then 1.2-1.4x on CPU)")
     for name, help_ in (("inspect", "channel groups and per-layer cost of a model"),
-                        ("measure", "params, MACs, latency and size of a model or a run")):
+                        ("measure", "params, MACs, latency and size of a model or a run"),
+                        ("profile", "where the time goes on a runtime: per-layer latency, MACs, bytes moved")):
         s = sub.add_parser(name, help=help_)
         s.add_argument("model", help="an architecture (vgg8, resnet18, file.py:fn), a run or a saved directory")
         s.add_argument("--input", type=_shape, help="C,H,W (default 3,224,224 for torchvision, else 1,28,28)")
         s.add_argument("--weights", help=".safetensors/.pt state_dict or a secateur.save directory")
         s.add_argument("--arch", help="the architecture of a saved directory")
         s.add_argument("--classes", type=_positive("--classes"), default=10)
+        if name == "profile":
+            s.add_argument("--runtime", default="onnxruntime", help="a secateur.runtimes name (default onnxruntime)")
+            s.add_argument("--threads", type=_positive("--threads"), default=1)
+            s.add_argument("--batch", type=_positive("--batch"), default=1)
+            s.add_argument("--top", type=_positive("--top"), default=20, help="layers listed (slowest first)")
+            s.add_argument("--plot", type=Path, help="also draw the slowest layers to this PNG (a new file)")
     e = sub.add_parser("export", help="ONNX export of a run's model, checked with ONNX Runtime")
     e.add_argument("run", type=Path, help="a compress output directory")
     e.add_argument("--onnx", action="store_true", help="the fp32 ONNX file (always written; kept for clarity)")

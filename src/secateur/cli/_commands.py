@@ -1,4 +1,4 @@
-"""``inspect``, ``measure`` and ``export``: a model (by name, file or saved directory) or a finished run."""
+"""``inspect``, ``measure``, ``profile`` and ``export``: a model (by name, file or saved directory) or a finished run."""
 from __future__ import annotations
 
 import json
@@ -79,6 +79,26 @@ def layer_table(model: nn.Module, x: torch.Tensor) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     return "\n".join("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                      for r in rows)
+
+
+def profile(args) -> int:
+    from .. import runtimes
+    runtimes.backend(args.runtime)   # a missing runtime is one line, before any work
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--plot needs matplotlib: pip install 'secateur[report]'") from None
+        if args.plot.exists():
+            raise UsageError(f"{args.plot} exists: choose another --plot file")
+    model, x = _resolve(args)
+    x = x.expand(args.batch, *x.shape[1:]).contiguous()
+    rows, total = runtimes.profile(model, trace(model, x), args.runtime, threads=args.threads)
+    print(runtimes.format_profile(rows, total, args.runtime, limit=args.top))
+    if args.plot is not None:
+        runtimes.plot_profile(rows, args.plot, args.runtime)
+        print(f"plot: {args.plot}")
+    return 0
 
 
 def measure(args) -> int:

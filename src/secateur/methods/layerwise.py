@@ -28,7 +28,7 @@ from ..criteria import lasso as _lasso
 from ..criteria import thinet as _thinet
 from ..criteria import consumers, readable, sample
 from ..graph import ChannelGroup, Graph, Role, trace
-from ..plan import Plan, Target, layer_facts, make_plan
+from ..plan import Plan, Target, estimate_cost, layer_facts, make_plan, site_masks
 from ..surgery import apply
 from ..train import Optim
 from ._common import Result, Stages, check_epochs, record
@@ -39,6 +39,9 @@ from ._registry import Data, Method, register
 class _Layerwise:
     amount: float | None = None     # fraction of each chosen layer's channels removed (ThiNet's 1 - r)
     macs: float | None = None       # or: fraction of MACs to keep, one rate over all chosen layers
+    latency: float | None = None    # or: fraction of the latency on ``runtime`` to keep, one rate as well,
+    runtime: str = "torch"          # predicted by per-layer latency tables (secateur.runtimes), measured
+    threads: int = 1                # after the cut and recorded with the prediction
     layers: tuple[str, ...] | None = None   # producers to prune (module names); None: the rule above
     max_layers: int | None = None   # only the first n chosen layers (ThiNet VGG-16: 10)
     skip: tuple[str, ...] = ()      # layers the rule would choose but to leave whole (e.g. a ResNet's stem)
@@ -51,9 +54,12 @@ class _Layerwise:
     seed: int = 0
 
     def __post_init__(self):
-        if (self.amount is None) == (self.macs is None):
-            raise ValueError("give exactly one of amount= (per layer) and macs= (of the whole model)")
-        Target(amount=self.amount, macs=self.macs, min_channels=self.min_channels, round_to=self.round_to)
+        if sum(v is not None for v in (self.amount, self.macs, self.latency)) != 1:
+            raise ValueError("give exactly one of amount= (per layer), macs= and latency= (of the whole model)")
+        Target(amount=self.amount, macs=self.macs if self.latency is None else self.latency,
+               min_channels=self.min_channels, round_to=self.round_to)
+        if not (isinstance(self.threads, int) and self.threads >= 1):
+            raise ValueError(f"threads={self.threads!r} must be a positive int")
         check_epochs(layer_epochs=self.layer_epochs, finetune_epochs=self.finetune_epochs)
         if self.samples is not None and not (isinstance(self.samples, int) and self.samples >= 1):
             raise ValueError(f"samples={self.samples!r} must be a positive int or None")
@@ -91,6 +97,9 @@ def _run(model, data, x, config: _Layerwise, step, *, train_loader=None, eval_lo
          resume: bool = False, progress: bool = True, compile: bool = False) -> Result:
     if (config.layer_epochs or config.finetune_epochs) and train_loader is None:
         raise ValueError("fine-tuning epochs were asked for but no train_loader= was given")
+    if config.latency is not None:
+        from ..runtimes import backend
+        backend(config.runtime)   # a missing runtime is one line, before any work
     model = copy.deepcopy(model)
     stages = Stages(checkpoint, resume, progress, config.seed, compile)
     if getattr(config, "gap", False):
@@ -98,7 +107,7 @@ def _run(model, data, x, config: _Layerwise, step, *, train_loader=None, eval_lo
     original = copy.deepcopy(model).eval()
     x = x.to(next(model.parameters()).device)
     result = Result(model, [record("baseline", model, x, eval_loader)])
-    keep = _keep_counts(model, x, config)
+    keep, predicted = _keep_counts(model, x, config)
     layers = tqdm(keep.items(), desc=type(config).__name__, total=len(keep), disable=not progress)
     for i, (name, count) in enumerate(layers):
         graph = trace(model, x)
@@ -109,7 +118,12 @@ def _run(model, data, x, config: _Layerwise, step, *, train_loader=None, eval_lo
             stages.fit(model, train_loader, f"layer{i}", epochs=config.layer_epochs, optim=config.optim,
                        eval_loader=eval_loader)
         result.records.append(record("layer", model, x, None, layer=name, kept=len(kept), of=group.size))
-    result.records.append(record("pruned", model, x, eval_loader))
+    timing = {}
+    if config.latency is not None:
+        from ..runtimes import measured_ratio
+        timing = dict(latency_predicted=predicted, latency_measured=measured_ratio(original, model, x, config.runtime,
+                                                                                   threads=config.threads))
+    result.records.append(record("pruned", model, x, eval_loader, **timing))
     if config.finetune_epochs:
         result.history = stages.fit(model, train_loader, "finetune", epochs=config.finetune_epochs,
                                     optim=config.optim, eval_loader=eval_loader)
@@ -142,15 +156,41 @@ def chosen_groups(model: nn.Module, graph: Graph, config: _Layerwise) -> dict[st
     return {n: out[n] for n in names}
 
 
-def _keep_counts(model: nn.Module, x, config: _Layerwise) -> dict[str, int]:
-    """Channels kept per chosen layer: the engine's planner with one rate over the chosen groups."""
+def _keep_counts(model: nn.Module, x, config: _Layerwise) -> tuple[dict[str, int], float | None]:
+    """Channels kept per chosen layer: the engine's planner with one rate over the chosen groups; for a
+    latency target, the rate whose predicted latency meets it (bisection), and that prediction."""
     graph = trace(model, x)
     chosen = chosen_groups(model, graph, config)
     scores = {g.index: np.zeros(g.size) for g in chosen.values()}
-    target = Target(amount=config.amount, macs=config.macs, min_channels=config.min_channels,
-                    round_to=config.round_to)
-    plan = make_plan(graph, scores, target, layer_facts(graph))
-    return {n: len(plan.keep.get(g.index, range(g.size))) for n, g in chosen.items()}
+    facts = layer_facts(graph)
+
+    def plan_at(**target) -> Plan:
+        return make_plan(graph, scores, Target(min_channels=config.min_channels, round_to=config.round_to, **target),
+                         facts)
+    predicted = None
+    if config.latency is None:
+        plan = plan_at(amount=config.amount, macs=config.macs)
+    else:
+        from ..runtimes import latency_table
+        table = latency_table(model, graph, config.runtime, threads=config.threads)
+        full = table.total()
+
+        def ratio(p: Plan) -> float:
+            return (estimate_cost(graph, facts, site_masks(graph, p.unit_masks(graph)), table.layer) + table.fixed) / full
+        lo, hi = 0.0, 0.99
+        plan = plan_at(amount=hi)
+        if ratio(plan) > config.latency:
+            raise ValueError(f"latency={config.latency} is out of reach by cutting only the chosen layers: at 99 % "
+                             f"of their channels the predicted latency is {ratio(plan):.3f} of the original")
+        for _ in range(20):   # the predicted latency falls as the rate grows
+            mid = (lo + hi) / 2
+            candidate = plan_at(amount=mid)
+            if ratio(candidate) <= config.latency:
+                hi, plan = mid, candidate
+            else:
+                lo = mid
+        predicted = ratio(plan)
+    return {n: len(plan.keep.get(g.index, range(g.size))) for n, g in chosen.items()}, predicted
 
 
 def _produced_by(graph: Graph, name: str) -> ChannelGroup:

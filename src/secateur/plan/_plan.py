@@ -97,5 +97,15 @@ def estimate_macs(graph: Graph, facts: Mapping[str, _Layer], masks: Mapping[int,
     return total
 
 
+def estimate_cost(graph: Graph, facts: Mapping[str, _Layer], masks: Mapping[int, np.ndarray], layer) -> float:
+    """A cost model's prediction after removing what ``masks`` drop: ``layer(module, c_in, c_out)`` summed
+    over the weighted layers (each once, all its calls included; e.g. ``LatencyTable.layer``)."""
+    kept: dict[tuple[str, Role], int] = {}
+    for s in graph.sites:
+        if s.role in (Role.IN, Role.OUT) and id(s) in masks:
+            kept[(s.module, s.role)] = int(masks[id(s)].sum())
+    return sum(layer(m, kept.get((m, Role.IN), f.c_in), kept.get((m, Role.OUT), f.c_out)) for m, f in facts.items())
+
+
 def sites_of(graph: Graph, module: str) -> list[Site]:
     return [s for s in graph.sites if s.module == module]

@@ -10,11 +10,15 @@ runtime it ships on.
 'secateur[runtimes]'``). A new runtime is one :class:`Backend` subclass and one :func:`register`.
 
 ``latency_table(model, graph, runtime)`` times every conv/linear layer alone at a grid of kept widths
-(cached on disk); ``secateur.prune(..., target_latency=, runtime=)`` plans against it.
+(cached on disk); ``secateur.prune(..., target_latency=, runtime=)`` plans against it, and
+``profile(model, graph, runtime)`` says where the time goes (``secateur profile`` on the command line).
 """
 from . import _backends  # noqa: F401  (registers the runtimes)
-from ._base import Backend, Prepared, RuntimeMismatch, RuntimeMissing, agree, backend, backends, installed, prepare, register
+from ._base import (Backend, Prepared, RuntimeMismatch, RuntimeMissing, agree, backend, backends, installed,
+                    measured_ratio, prepare, ratio_to, register)
+from ._profile import LayerProfile, format_profile, plot_profile, profile
 from ._tables import Curve, LatencyTable, cache_file, grid, latency_table
 
-__all__ = ["Backend", "Curve", "LatencyTable", "Prepared", "RuntimeMismatch", "RuntimeMissing", "agree", "backend",
-           "backends", "cache_file", "grid", "installed", "latency_table", "prepare", "register"]
+__all__ = ["Backend", "Curve", "LatencyTable", "LayerProfile", "Prepared", "RuntimeMismatch", "RuntimeMissing", "agree",
+           "backend", "backends", "cache_file", "format_profile", "grid", "installed", "latency_table", "measured_ratio",
+           "plot_profile", "prepare", "profile", "ratio_to", "register"]

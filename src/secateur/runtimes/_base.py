@@ -164,3 +164,26 @@ def agree(outs: list, refs: list[np.ndarray], where: str, rtol: float) -> float:
                                   f"(allowed {rtol:g}); this runtime cannot run the model faithfully")
         worst = max(worst, rel)
     return worst
+
+
+def ratio_to(model: nn.Module, example_inputs, runtime: str = "torch", *, threads: int = 1, rounds: int = 6,
+             seconds: float = 0.25):
+    """A function giving a model's latency relative to ``model``'s on ``runtime``: both timed in
+    ``rounds`` alternating rounds, the medians compared, so that a machine's drift cancels. A round
+    times each model for about ``seconds`` (at least 10 runs), so that milliseconds-long models are
+    timed as steadily as long ones."""
+    base = prepare(model, example_inputs, runtime, threads=threads)
+    repeats = max(10, min(500, int(seconds * 1e3 / max(base.latency(repeats=5, warmup=2), 1e-3))))
+
+    def ratio(small: nn.Module) -> float:
+        cut = prepare(small, example_inputs, runtime, threads=threads)
+        times = [(cut.latency(repeats=repeats, warmup=2), base.latency(repeats=repeats, warmup=2))
+                 for _ in range(rounds)]
+        return statistics.median(t[0] for t in times) / statistics.median(t[1] for t in times)
+    return ratio
+
+
+def measured_ratio(model: nn.Module, small: nn.Module, example_inputs, runtime: str = "torch", *,
+                   threads: int = 1) -> float:
+    """``small``'s latency relative to ``model``'s on ``runtime`` (see :func:`ratio_to`)."""
+    return ratio_to(model, example_inputs, runtime, threads=threads)(small)

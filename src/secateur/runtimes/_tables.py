@@ -60,15 +60,19 @@ class Curve:
 class LatencyTable:
     """Predicted latency of a model's weighted layers at any widths, from measured curves.
 
-    ``layer(module, c_in, c_out)``: milliseconds of that layer; ``fixed``: what the rest of the model
-    takes (the whole model's measured latency minus its layers' sum, at least 0); ``seconds``: the
-    time spent building the table; ``measured`` / ``hits``: timings made / read from the cache.
+    ``layer(module, c_in, c_out)``: milliseconds of that layer, ``scale`` times its timing alone;
+    ``fixed``: what the rest of the model takes. The two are fitted to the whole model measured at
+    full width and with every group at half width (``whole = fixed + scale * sum of layers``): alone,
+    each layer pays a call's overhead, and in the model the runtime fuses BN and activations into
+    it and runs steps the layers do not count. ``seconds``: the time spent building the table; ``measured`` / ``hits``: timings made / read
+    from the cache.
     """
 
     runtime: str
     threads: int
     curves: dict[str, Curve]
     fixed: float = 0.0
+    scale: float = 1.0
     seconds: float = 0.0
     measured: int = 0
     hits: int = 0
@@ -76,11 +80,16 @@ class LatencyTable:
 
     def layer(self, module: str, c_in: int, c_out: int) -> float:
         curve = self.curves.get(module)
-        return curve.ms(c_in, c_out) if curve is not None else 0.0
+        return self.scale * curve.ms(c_in, c_out) if curve is not None else 0.0
+
+    def predict(self, model: nn.Module) -> float:
+        """The predicted latency of ``model`` (this model, or a pruned copy of it), from its layers' widths."""
+        widths = {name: _widths(m) for name, m in model.named_modules() if name in self.curves}
+        return self.scale * sum(self.curves[n].ms(*w) for n, w in widths.items()) + self.fixed
 
     def total(self) -> float:
         """The predicted latency of the unpruned model (layers plus the rest)."""
-        return sum(c.full for c in self.curves.values()) + self.fixed
+        return self.scale * sum(c.full for c in self.curves.values()) + self.fixed
 
 
 def grid(size: int, unit: int = 8, points: int = 16) -> list[int]:
@@ -183,9 +192,10 @@ def _inputs(model: nn.Module, example_inputs, modules: set[str]) -> dict[str, li
 
 
 def latency_table(model: nn.Module, graph, runtime: str = "torch", *, threads: int = 1, repeats: int = 7,
-                  cache: str | os.PathLike | None = None, progress: bool = True) -> LatencyTable:
+                  points: int = 16, cache: str | os.PathLike | None = None, progress: bool = True) -> LatencyTable:
     """Time ``model``'s weighted layers (those ``graph`` = ``secateur.trace(model, x)`` found) on
-    ``runtime`` at the shapes they see on the trace's example inputs; see the module's docstring."""
+    ``runtime`` at the shapes they see on the trace's example inputs, at most ``points`` widths a
+    curve (1: the full width only); see the module's docstring."""
     start = time.perf_counter()
     path = cache_file(runtime, threads, cache)
     try:
@@ -203,16 +213,16 @@ def latency_table(model: nn.Module, graph, runtime: str = "torch", *, threads: i
         c_in, c_out = (layer.in_features, layer.out_features) if linear else (layer.in_channels, layer.out_channels)
         depthwise = not linear and layer.groups == c_in and c_in > 1 and c_out == c_in
         unit = 8 if linear or layer.groups == 1 or depthwise else math.lcm(8, layer.groups)
-        outs = grid(c_out, unit)
-        ins = [] if depthwise else grid(c_in, unit)
-        points = [(w, w) if depthwise else (c_in, w) for w in outs] + [(w, c_out) for w in ins]   # full: twice
-        jobs.append((name, layer, depthwise, outs, ins, points))
+        outs = grid(c_out, unit, points)
+        ins = [] if depthwise else grid(c_in, unit, points)
+        pairs = [(w, w) if depthwise else (c_in, w) for w in outs] + [(w, c_out) for w in ins]   # full: twice
+        jobs.append((name, layer, depthwise, outs, ins, pairs))
     total_points = sum(len(set(j[5])) * len(shapes[j[0]]) for j in jobs)
     bar = _bar(total_points, f"latency table ({runtime})", progress)
     curves, measured, hits = {}, 0, 0
-    for name, layer, depthwise, outs, ins, points in jobs:
+    for name, layer, depthwise, outs, ins, pairs in jobs:
         ms: dict[tuple[int, int], float] = {}
-        for ci, co in dict.fromkeys(points):
+        for ci, co in dict.fromkeys(pairs):
             t = 0.0
             for shape in shapes[name]:
                 x_shape = (*shape[:-1], ci) if isinstance(layer, nn.Linear) else (shape[0], ci, *shape[2:])
@@ -225,17 +235,43 @@ def latency_table(model: nn.Module, graph, runtime: str = "torch", *, threads: i
                 t += stored[key]
                 bar.update(1)
             ms[(ci, co)] = t
-        full = ms[(points[0][0], outs[-1])] if not depthwise else ms[(outs[-1], outs[-1])]
-        curves[name] = Curve(outs, [ms[p] for p in points[:len(outs)]], ins, [ms[p] for p in points[len(outs):]],
+        full = ms[(pairs[0][0], outs[-1])] if not depthwise else ms[(outs[-1], outs[-1])]
+        curves[name] = Curve(outs, [ms[p] for p in pairs[:len(outs)]], ins, [ms[p] for p in pairs[len(outs):]],
                              full, depthwise)
     bar.close()
     if measured:
         _store(path, stored)
-    whole = prepare(model, graph.example_inputs, runtime, threads=threads).latency(repeats=repeats, warmup=2)
-    table = LatencyTable(runtime, threads, curves, 0.0, 0.0, measured, hits, path)
-    table.fixed = max(0.0, whole - sum(c.full for c in curves.values()))
+    table = LatencyTable(runtime, threads, curves, seconds=0.0, measured=measured, hits=hits, cache=path)
+    _fit(table, model, graph, runtime, threads, repeats)
     table.seconds = time.perf_counter() - start
     return table
+
+
+def _widths(m: nn.Module) -> tuple[int, int]:
+    if isinstance(m, nn.Linear):
+        return m.in_features, m.out_features
+    return m.in_channels, m.out_channels
+
+
+def _fit(table: LatencyTable, model: nn.Module, graph, runtime: str, threads: int, repeats: int) -> None:
+    """Set ``scale`` and ``fixed`` from the whole model at full width and at half width, timed in
+    alternating rounds (medians), so that a machine's drift cancels."""
+    import copy
+    import statistics
+    from ..plan import Plan
+    from ..surgery import apply
+    full = table.predict(model)
+    half = apply(copy.deepcopy(model), graph,
+                 Plan.from_masks({g.index: np.arange(g.size) >= g.size // 2 for g in graph.prunable}))
+    pair = [prepare(m, graph.example_inputs, runtime, threads=threads) for m in (model, half)]
+    rounds = [[p.latency(repeats=repeats, warmup=2) for p in pair] for _ in range(3)]
+    whole, small = (statistics.median(r[i] for r in rounds) for i in (0, 1))
+    part = table.predict(half)
+    scale = (whole - small) / (full - part) if full > part and whole > small else whole / max(full, 1e-9)
+    table.scale = max(scale, 1e-6)
+    table.fixed = whole - table.scale * full
+    if table.fixed < 0:   # never a negative rest: the layers scaled to the whole model instead
+        table.scale, table.fixed = whole / max(full, 1e-9), 0.0
 
 
 def _signature(layer: nn.Module) -> str:
@@ -249,7 +285,7 @@ def _signature(layer: nn.Module) -> str:
 def _store(path: Path, stored: dict) -> None:
     from ..io import atomic_file
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path, overwrite=True) as tmp:
+    with atomic_file(path, overwrite=True) as tmp:   # our own cache file
         tmp.write_text(json.dumps(stored, indent=0, sort_keys=True))
 
 

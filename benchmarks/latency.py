@@ -1,0 +1,138 @@
+"""Latency as the target: prune to half the *measured* latency on a runtime, three ways, side by side.
+
+    .venv/bin/python benchmarks/latency.py [--quick] [--models resnet50,...] [--runtimes onnxruntime,torch]
+
+For each model (torchvision, random weights, 1000 classes, batch 1, 224 px; ``--quick``: resnet18 at
+112 px) and runtime, at ``target_latency = 0.5``, on 2 threads:
+
+* ``secateur-latency``: ``secateur.prune(..., target_latency=0.5, runtime=)``: per-layer latency
+  tables (cached; cost and cache hits recorded), the greedy planner on them, then measured and
+  re-planned until within 5 %; the table's prediction for the final model is recorded too;
+* ``secateur-macs``: the MAC planner, its ``target_macs`` searched until the measured latency is
+  within 5 % of the target (what a user of a MAC-only tool does by hand);
+* ``torch-pruning``: Torch-Pruning 1.6.1 (L1, output layers ignored), its ``pruning_ratio`` searched
+  the same way.
+
+Every final model is then re-measured in 3 independent runs (``secateur.runtimes.measured_ratio``:
+fresh runtime sessions, 6 rounds timed alternately with the original, ~0.25 s of runs per model per
+round): the row holds the median ratio and the spread (max - min). MACs
+and params are ratios to the original. Results: ``benchmarks/results/latency.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import error_line, fmt, print_table, row, setup, write_results  # noqa: E402
+
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+import secateur  # noqa: E402
+import secateur.runtimes as rt  # noqa: E402
+from secateur.criteria import L1  # noqa: E402
+
+TARGET, THREADS, RUNS = 0.5, 2, 3
+
+
+def _search(prune_at, lo: float, hi: float, ratio_of, probes: int = 6):
+    """Bisect a knob in [lo, hi] (larger prunes less) until the measured ratio is within 5 % of TARGET;
+    returns (model, knob, probes used) of the closest probe."""
+    best = None
+    for probe in range(1, probes + 1):
+        knob = (lo + hi) / 2
+        small = prune_at(knob)
+        got = ratio_of(small)
+        if best is None or abs(got - TARGET) < abs(best[1] - TARGET):
+            best = (small, got, knob, probe)
+        if abs(got - TARGET) <= 0.05 * TARGET:
+            break
+        lo, hi = (lo, knob) if got > TARGET else (knob, hi)
+    return best[0], best[2], best[3]
+
+
+def _tp(model, x, ratio: float):
+    from _tp import tp_one_shot
+    return tp_one_shot(model, x, ratio)
+
+
+def run_one(name: str, size: int, runtime: str) -> list[dict]:
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)().eval()
+    x = torch.randn(1, 3, size, size)
+    macs0 = secateur.measure(model, x, latency=False).macs
+    params0 = sum(p.numel() for p in model.parameters())
+    graph = secateur.trace(model, x)
+    ratio_of = lambda small: rt.measured_ratio(model, small, x, runtime, threads=THREADS)  # noqa: E731
+    rows = []
+    tools = {
+        "secateur-latency": lambda: (secateur.prune(model, x, L1(), target_latency=TARGET, runtime=runtime,
+                                                    threads=THREADS), {}),
+        "secateur-macs": lambda: _knobbed(_search(lambda m: secateur.prune(model, x, L1(), target_macs=m),
+                                                  0.05, 1.0, ratio_of), "target_macs"),
+        "torch-pruning": lambda: _knobbed(_search(lambda r: _tp(model, x, 1 - r), 0.05, 1.0, ratio_of),
+                                          "pruning_ratio", invert=True),
+    }
+    for tool, make in tools.items():
+        fields = dict(model=name, tool=tool, method=f"l1/{runtime}", target={"latency": TARGET}, batch=1, runtime=runtime,
+                      input_size=size, threads=THREADS, section="latency")
+        start = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                small, extra = make()
+                seconds = time.perf_counter() - start
+                ratios = [ratio_of(small) for _ in range(RUNS)]
+        except Exception as e:   # a tool that fails is a row, not the end of the run
+            rows.append(row(**fields, ok=False, error=error_line(e), tool_seconds=time.perf_counter() - start))
+            print(f"{name} {runtime} {tool}: fails: {error_line(e)}", flush=True)
+            continue
+        if tool == "secateur-latency":   # the table is cached by now: this reads it (and refits)
+            table = rt.latency_table(model, graph, runtime, threads=THREADS, progress=False)
+            extra = dict(predicted_ratio=table.predict(small) / table.total(), table_seconds=table.seconds,
+                         table_measured=table.measured, table_hits=table.hits)
+        widths = [m.out_channels for m in small.modules() if isinstance(m, torch.nn.Conv2d)]
+        rows.append(row(**fields, latency_ratio=statistics.median(ratios), latency_runs=ratios,
+                        latency_spread=max(ratios) - min(ratios),
+                        macs_ratio=secateur.measure(small, x, latency=False).macs / macs0,
+                        params_ratio=sum(p.numel() for p in small.parameters()) / params0,
+                        widths_multiple_of_8=sum(w % 8 == 0 for w in widths) / len(widths),
+                        tool_seconds=seconds, **extra))
+        print(f"{name} {runtime} {tool}: latency {fmt(rows[-1]['latency_ratio'])} "
+              f"(runs {', '.join(fmt(r) for r in ratios)}), MACs {fmt(rows[-1]['macs_ratio'])}", flush=True)
+    return rows
+
+
+def _knobbed(found, key: str, invert: bool = False):
+    small, knob, probes = found
+    return small, {key: 1 - knob if invert else knob, "probes": probes}
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--models", default="resnet50,mobilenet_v2,vgg16_bn")
+    parser.add_argument("--runtimes", default="onnxruntime,torch")
+    args = parser.parse_args(argv)
+    setup(THREADS)
+    models = [("resnet18", 112)] if args.quick else [(m, 224) for m in args.models.split(",")]
+    rows = [r for name, size in models for runtime in args.runtimes.split(",") for r in run_one(name, size, runtime)]
+    write_results("latency_quick" if args.quick else "latency", rows, ["benchmarks/latency.py", *argv],
+                  keep_others=True)
+    print_table(rows, [("model", "model"), ("runtime", "runtime"), ("tool", "tool"),
+                       ("latency", lambda r: fmt(r.get("latency_ratio"))),
+                       ("spread", lambda r: fmt(r.get("latency_spread"))),
+                       ("predicted", lambda r: fmt(r.get("predicted_ratio"))),
+                       ("MACs", lambda r: fmt(r.get("macs_ratio"))), ("params", lambda r: fmt(r.get("params_ratio"))),
+                       ("x8", lambda r: fmt(r.get("widths_multiple_of_8"))),
+                       ("s", lambda r: fmt(r.get("tool_seconds"), 1)), ("error", "error")])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
