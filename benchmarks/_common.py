@@ -44,15 +44,8 @@ def setup(threads: int = THREADS) -> None:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    from secateur.runtimes import cpu_name
+    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "device": "cpu",
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "load_average": [round(v, 2) for v in os.getloadavg()]}

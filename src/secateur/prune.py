@@ -85,8 +85,9 @@ def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
     target_macs: fraction of the MACs to keep (e.g. 0.5 halves them), as the cut model really runs them.
     target_latency: fraction of the latency to keep, measured on ``runtime`` (a ``secateur.runtimes``
         name: "torch", "onnxruntime", "openvino", ...) on ``threads`` CPU threads at the batch of
-        ``example_inputs``: planned by MACs, then re-planned from the measured latency until it is
-        within 5 % of the target (a warning says when it cannot be).
+        ``example_inputs``: planned on per-layer latency tables of that runtime (timed once, cached
+        on disk; widths snap to the stairs of its blocked layouts), then measured and re-planned
+        until within 5 % of the target (a warning says when it cannot be).
     ignore: modules (objects or names) whose outputs are kept whole; the classifier always is.
     min_channels: never leave a group with fewer channels. round_to: keep a multiple of N channels.
     global_ranking: one threshold across groups on scores normalised by each group's mean.

@@ -107,23 +107,22 @@ def _version(runtime: str) -> str:
     return "_".join(parts)
 
 
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
+    """This machine's CPU model (Linux: /proc/cpuinfo), else what platform knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{cpu} x{os.cpu_count()}"
+    return platform.processor() or platform.machine()
 
 
 def cache_file(runtime: str, threads: int, folder: str | os.PathLike | None = None) -> Path:
     """Where timings for ``runtime`` on this machine are cached."""
     root = Path(folder or os.environ.get("SECATEUR_CACHE") or
                 Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "secateur" / "latency")
-    key = hashlib.sha256(f"{_machine()}|{runtime}|{_version(runtime)}|{threads}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{cpu_name()} x{os.cpu_count()}|{runtime}|{_version(runtime)}|{threads}".encode()).hexdigest()[:16]
     return root / f"{runtime}-{key}.json"
 
 
