@@ -77,7 +77,7 @@ def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
           target_macs: float | None = None, target_latency: float | None = None, runtime: str = "torch",
           threads: int = 1, ignore: Iterable = (), min_channels: int = 1,
           round_to: int = 1, global_ranking: bool = False, max_amount: float = 1.0, fold: bool = True,
-          data=None) -> nn.Module:
+          data=None, progress: bool = True) -> nn.Module:
     """Return a physically smaller copy of ``model``; ``model`` itself is not changed.
 
     amount: fraction of channels to remove from each group (or network-wide with global_ranking), or
@@ -96,6 +96,7 @@ def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
     fold: fold removed channels that are constant (e.g. BN with gamma = 0) into the next layer's bias.
     data: a calibration loader of (images, labels) for data-driven criteria (APoZ, Taylor, ThiNet,
         LASSO), e.g. ``secateur.data.calibration(dataset, 256)``; weight criteria ignore it.
+    progress: show a progress bar while a latency table is timed.
     """
     if target_latency is not None:
         if amount is not None or target_macs is not None:
@@ -116,7 +117,7 @@ def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
     scores, facts = score(model, graph, criterion, data), layer_facts(graph)
     costs = None
     if target_latency is not None:
-        costs = runtimes.latency_table(model, graph, runtime, threads=threads)
+        costs = runtimes.latency_table(model, graph, runtime, threads=threads, progress=progress)
 
     def replan(goal: float) -> Plan:
         return make_plan(graph, scores, replace(target, macs=goal), facts, costs)

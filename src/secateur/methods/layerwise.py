@@ -107,7 +107,7 @@ def _run(model, data, x, config: _Layerwise, step, *, train_loader=None, eval_lo
     original = copy.deepcopy(model).eval()
     x = x.to(next(model.parameters()).device)
     result = Result(model, [record("baseline", model, x, eval_loader)])
-    keep, predicted = _keep_counts(model, x, config)
+    keep, predicted = _keep_counts(model, x, config, progress)
     layers = tqdm(keep.items(), desc=type(config).__name__, total=len(keep), disable=not progress)
     for i, (name, count) in enumerate(layers):
         graph = trace(model, x)
@@ -156,7 +156,7 @@ def chosen_groups(model: nn.Module, graph: Graph, config: _Layerwise) -> dict[st
     return {n: out[n] for n in names}
 
 
-def _keep_counts(model: nn.Module, x, config: _Layerwise) -> tuple[dict[str, int], float | None]:
+def _keep_counts(model: nn.Module, x, config: _Layerwise, progress: bool = True) -> tuple[dict[str, int], float | None]:
     """Channels kept per chosen layer: the engine's planner with one rate over the chosen groups; for a
     latency target, the rate whose predicted latency meets it (bisection), and that prediction."""
     graph = trace(model, x)
@@ -172,7 +172,7 @@ def _keep_counts(model: nn.Module, x, config: _Layerwise) -> tuple[dict[str, int
         plan = plan_at(amount=config.amount, macs=config.macs)
     else:
         from ..runtimes import latency_table
-        table = latency_table(model, graph, config.runtime, threads=config.threads)
+        table = latency_table(model, graph, config.runtime, threads=config.threads, progress=progress)
         full = table.total()
 
         def ratio(p: Plan) -> float:

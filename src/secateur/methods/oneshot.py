@@ -76,7 +76,7 @@ def one_shot(model: nn.Module, example_inputs, config: OneShot, *, calibration=N
     small = prune(model, example_inputs, config.criterion, amount=amount, target_macs=config.macs,
                   target_latency=config.latency, runtime=config.runtime, threads=config.threads,
                   global_ranking=config.global_ranking, round_to=config.round_to, min_channels=config.min_channels,
-                  max_amount=config.max_amount, ignore=ignore, data=calibration)
+                  max_amount=config.max_amount, ignore=ignore, data=calibration, progress=progress)
     result = Result(small, [record("baseline", model, example_inputs, eval_loader),
                             record("pruned", small, example_inputs, eval_loader)])
     if config.finetune_epochs:

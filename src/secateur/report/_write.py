@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import os
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -106,6 +107,22 @@ def _measurements(model: nn.Module, x1: tuple[torch.Tensor, ...], batches: Seque
     return out
 
 
+def _alternate(pairs, x1: tuple[torch.Tensor, ...], batches: Sequence[int], repeats: int, threads: int | None,
+               rounds: int = 3) -> None:
+    """Time the models again in ``rounds`` rounds that alternate between them, and keep for each the
+    median over all rounds: a machine's drift then hits both alike (one round of a millisecond-long
+    model moves by 10-20 % on a shared machine)."""
+    seen = {id(m): [[m[f"latency_ms_b{b}"]] for b in batches] for _, m in pairs}
+    for _ in range(rounds - 1):
+        for model, m in pairs:
+            for i, b in enumerate(batches):
+                stats = measure(model, x1, batch=b, repeats=repeats, warmup=max(1, repeats // 3), threads=threads)
+                seen[id(m)][i].append(stats.latency_ms)
+    for _, m in pairs:
+        for i, b in enumerate(batches):
+            m[f"latency_ms_b{b}"] = statistics.median(seen[id(m)][i])
+
+
 def _table(m0: dict, m1: dict, batches: Sequence[int], accuracy, onnx) -> list[tuple[str, str, str, str]]:
     rows = [("Parameters", _si(m0["params"]), _si(m1["params"]), _ratio(m1["params"], m0["params"])),
             ("MACs per image", _si(m0["macs"]), _si(m1["macs"]), _ratio(m1["macs"], m0["macs"]))]
@@ -157,7 +174,8 @@ def _figures(tmp: Path, before_w, after_w, records, history) -> list[tuple[str, 
 def _markdown(title: str, rows, figures, *, shape: str, threads: int, repeats: int) -> str:
     lines = [f"# {title}", "",
              f"Measured on the CPU with {threads} thread{'s' if threads != 1 else ''}, torch {torch.__version__}, "
-             f"input {shape} per image. Latency: median ± interquartile range of {repeats} timed runs. "
+             f"input {shape} per image. Latency: the median over 3 rounds that alternate between the two "
+             f"models, each round the median of {repeats} timed runs (± its interquartile range in the first round). "
              f"Peak inference memory: weights plus the largest live activations (inputs, feature maps, "
              f"kernel scratch) of one forward, from torch.profiler's allocation events.", "",
              "| Metric | Before | After | After / before |", "|---|---:|---:|---:|"]
@@ -177,7 +195,8 @@ def write_report(directory: str | os.PathLike[str], *, before: nn.Module, after:
     """Write ``directory/report.md`` comparing ``before`` and ``after`` pruning; return the directory.
 
     The table has parameters, MACs per image, CPU latency at each of ``batches`` (``secateur.measure``
-    with the example rows repeated to that batch, median of ``repeats`` runs on ``threads`` threads,
+    with the example rows repeated to that batch, median of ``repeats`` runs on ``threads`` threads, in
+    3 rounds alternating between the models (the median of the rounds),
     ``None`` = torch's current count), safetensors file size, peak inference memory (see
     :func:`~secateur.report.peak_memory`) at each batch, ``accuracy`` (``{"before": .., "after": ..}``)
     if given, one row per ``onnx`` entry (``{"row title": (before, after)}``), and after ÷ before.
@@ -203,6 +222,7 @@ def write_report(directory: str | os.PathLike[str], *, before: nn.Module, after:
     used_threads = threads if threads is not None else torch.get_num_threads()
     m0 = _measurements(cpu_before, x1, batches, repeats, threads)
     m1 = _measurements(cpu_after, x1, batches, repeats, threads)
+    _alternate(((cpu_before, m0), (cpu_after, m1)), x1, batches, repeats, threads)
     rows = _table(m0, m1, batches, accuracy, onnx)
     w0, w1 = widths(cpu_before, x1), widths(cpu_after, x1)
     shape = ", ".join(str(tuple(x.shape[1:])) for x in x1)
