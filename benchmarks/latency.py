@@ -21,7 +21,6 @@ and params are ratios to the original. Results: ``benchmarks/results/latency.jso
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import time
