@@ -80,12 +80,15 @@ def layer_facts(graph: Graph, model: nn.Module | None = None) -> dict[str, _Laye
     return {call.module: _Layer(call.c_in, call.c_out, call.groups, call.taps) for call in graph.calls}
 
 
+def kept_counts(graph: Graph, masks: Mapping[int, np.ndarray]) -> dict[tuple[str, Role], int]:
+    """(layer, IN or OUT) -> the channels ``masks`` (from site_masks) keep there, for the layers they cut."""
+    return {(s.module, s.role): int(masks[id(s)].sum()) for s in graph.sites
+            if s.role in (Role.IN, Role.OUT) and id(s) in masks}
+
+
 def estimate_macs(graph: Graph, facts: Mapping[str, _Layer], masks: Mapping[int, np.ndarray]) -> int:
     """Conv + Linear MACs of the model after removing what ``masks`` (from site_masks) drop."""
-    kept: dict[tuple[str, Role], int] = {}
-    for s in graph.sites:
-        if s.role in (Role.IN, Role.OUT) and id(s) in masks:
-            kept[(s.module, s.role)] = int(masks[id(s)].sum())
+    kept = kept_counts(graph, masks)
     total = 0
     for call in graph.calls:
         f = facts[call.module]
@@ -100,10 +103,7 @@ def estimate_macs(graph: Graph, facts: Mapping[str, _Layer], masks: Mapping[int,
 def estimate_cost(graph: Graph, facts: Mapping[str, _Layer], masks: Mapping[int, np.ndarray], layer) -> float:
     """A cost model's prediction after removing what ``masks`` drop: ``layer(module, c_in, c_out)`` summed
     over the weighted layers (each once, all its calls included; e.g. ``LatencyTable.layer``)."""
-    kept: dict[tuple[str, Role], int] = {}
-    for s in graph.sites:
-        if s.role in (Role.IN, Role.OUT) and id(s) in masks:
-            kept[(s.module, s.role)] = int(masks[id(s)].sum())
+    kept = kept_counts(graph, masks)
     return sum(layer(m, kept.get((m, Role.IN), f.c_in), kept.get((m, Role.OUT), f.c_out)) for m, f in facts.items())
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..graph import Graph, Role
-from ._plan import Plan, estimate_macs, site_masks
+from ._plan import Plan, estimate_macs, kept_counts, site_masks
 
 
 class TargetError(ValueError):
@@ -131,11 +131,7 @@ class _CostBook:
         for call in graph.calls:
             self.positions[call.module] = self.positions.get(call.module, 0) + call.positions
         self.layer = layer or self._macs
-        masks = site_masks(graph, gs.masks(removed))
-        self.kept: dict[tuple[str, Role], int] = {}   # as estimate_macs counts them
-        for s in graph.sites:
-            if s.role in (Role.IN, Role.OUT) and id(s) in masks:
-                self.kept[(s.module, s.role)] = int(masks[id(s)].sum())
+        self.kept = kept_counts(graph, site_masks(graph, gs.masks(removed)))   # as estimate_macs counts them
         self.total = sum(self._layer(m, self.kept) for m in self.positions)
         self._touch: dict[int, list[tuple[tuple[str, Role], np.ndarray]]] = {}
 
