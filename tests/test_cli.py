@@ -94,10 +94,10 @@ def test_tiny_recipe_end_to_end_then_refuses_to_overwrite_then_exports(tmp_path)
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
     stages = [r["stage"] for r in summary["records"]]
-    assert stages == ["baseline", "pruned", "finetuned", "low-rank"]
+    assert stages == ["baseline", "pruned", "recalibrated", "finetuned", "low-rank"]
     assert list(summary["records"][-1]["ranks"]) == ["classifier"]
     table = p.stdout.splitlines()
-    assert table[0].split() == ["stage", "params", "MACs", "accuracy"] and [t.split()[0] for t in table[1:5]] == stages
+    assert table[0].split() == ["stage", "params", "MACs", "accuracy"] and [t.split()[0] for t in table[1:6]] == stages
     assert summary["records"][1]["params"] < summary["records"][0]["params"]
     assert (run / "model" / "model.safetensors").is_file() and (run / "model.onnx").is_file()
     report = (run / "report" / "report.md").read_text()

@@ -113,7 +113,7 @@ def test_slimming_multi_pass_end_to_end():
                       optim=Optim(lr=0.05))
     result = slimming(model, train, X, config, eval_loader=test, progress=False)
     stages = [r["stage"] for r in result.records]
-    assert stages == ["baseline"] + ["sparse", "pruned", "finetuned"] * 2
+    assert stages == ["baseline"] + ["sparse", "pruned", "recalibrated", "finetuned"] * 2
     params = [r["params"] for r in result.records if r["stage"] == "finetuned"]
     assert params[1] < params[0] < result.records[0]["params"]
     widths = [m.out_channels for m in result.model.modules() if isinstance(m, nn.Conv2d)]

@@ -133,8 +133,10 @@ def run(recipe: Recipe, out: Path, *, force: bool = False, progress: bool = True
 
 
 def _method(recipe: Recipe, base, x, train, test, calib, ck: Path, how: dict) -> Result:
+    ft = recipe.sections["finetune"]
     return methods.compress(base, recipe.config, example_inputs=x, train_loader=train, calibration=calib,
-                            eval_loader=test, checkpoint=ck, resume=True, **how)
+                            eval_loader=test, checkpoint=ck, resume=True, recalibrate=ft["recalibrate"],
+                            distill=ft["distill"], **how)
 
 
 def stages_table(records: Sequence[Mapping]) -> str:

@@ -6,7 +6,8 @@
     [method]    name = "slimming" | "ista" | "thinet" | "channel-pruning" | "prune" | "han", and the fields
                 of that method's config (secateur.methods: Slimming, ISTA, ThiNet, ChannelPruning, OneShot,
                 Magnitude; nested Optim as a table: optim = {lr = 0.05}); its defaults are the library's
-    [finetune]  epochs; lr; weight_decay
+    [finetune]  epochs; lr; weight_decay; recalibrate (batches on which BatchNorm statistics are
+                re-estimated after every cut, 0 = off); distill (the unpruned model as teacher)
     [export]    onnx; fp16; int8; runtimes = ["openvino", "mnn", ...] (latency before/after on each)
     [lowrank]   energy (0 = off; e.g. 0.9: truncated SVD of large Linear layers after pruning); min_features
 
@@ -34,7 +35,8 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple, Any]]] = {
              "calibration": (int, 256), "image_size": (int, 224), "seed": (int, 0), "test_subset": (int, 0),
              "rgb": (bool, False)},
     "baseline": {"epochs": (int, 3), "lr": (_ANY_NUMBER, 0.1), "weight_decay": (_ANY_NUMBER, 5e-4)},
-    "finetune": {"epochs": (int, 1), "lr": (_ANY_NUMBER, 0.01), "weight_decay": (_ANY_NUMBER, 1e-4)},
+    "finetune": {"epochs": (int, 1), "lr": (_ANY_NUMBER, 0.01), "weight_decay": (_ANY_NUMBER, 1e-4),
+                 "recalibrate": (int, 20), "distill": (bool, False)},
     "export": {"onnx": (bool, True), "fp16": (bool, False), "int8": (bool, False), "runtimes": (list, [])},
     "lowrank": {"energy": (_ANY_NUMBER, 0.0), "min_features": (int, 256)},
 }

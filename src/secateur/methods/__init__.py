@@ -15,10 +15,12 @@
 
 The caller's model is never changed. Each method is a small frozen config plus the callbacks it adds
 to ``secateur.train.fit`` (SparsityL1, ProximalL1, HoldMasks), usable on their own. Every method
-takes fit's run options: ``checkpoint=``/``resume=`` (each training stage in its own sub-directory),
-``progress=`` and ``compile=``.
+takes the same run options (``Stages``): fit's ``checkpoint=``/``resume=`` (each training stage in its
+own sub-directory), ``progress=``, ``seed=`` and ``compile=``; ``recalibrate=20`` (batches on which
+BatchNorm statistics are re-estimated after every cut: a "recalibrated" record; 0 turns it off) and
+``distill=False`` (fine-tune with the unpruned model as teacher).
 """
-from ._common import Result, record
+from ._common import Result, Stages, record
 from ._config import from_dict, to_dict
 from ._records import StageRecord
 from ._registry import Data, Method, compress, method_for, method_named, methods, register
@@ -31,7 +33,7 @@ from .sensitivity import sensitivity, sensitivity_ratios
 from .slimming import Slimming, SparsityL1, slimming
 
 __all__ = ["ChannelPruning", "Data", "HoldMasks", "ISTA", "Magnitude", "Method", "OneShot", "ProximalL1", "Result",
-           "Slimming", "SparsityL1", "StageRecord", "ThiNet", "apply_masks_", "channel_pruning", "compress", "from_dict", "gap_head",
+           "Slimming", "SparsityL1", "StageRecord", "Stages", "ThiNet", "apply_masks_", "channel_pruning", "compress", "from_dict", "gap_head",
            "ista", "magnitude", "magnitude_masks", "method_for", "method_named", "methods", "one_shot", "register",
            "to_dict",
            "record", "rescale", "sensitivity", "sensitivity_ratios", "slimming", "sparsity", "thinet"]

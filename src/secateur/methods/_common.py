@@ -1,6 +1,7 @@
 """Machinery the training-time methods share: BN layers, per-stage records, how stages train."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from torch import nn
 
 from ..forward import eval_mode
 from ..measure import count_macs, count_params
-from ..train import evaluate, fit
+from ..train import Distill, evaluate, fit, recalibrate_bn
 from ._records import StageRecord
 
 BN = nn.modules.batchnorm._BatchNorm
@@ -46,22 +47,47 @@ def record(stage: str, model: nn.Module, example_inputs, eval_loader=None, **ext
 
 @dataclass(frozen=True)
 class Stages:
-    """How a method trains: ``secateur.train.fit``'s run options, with each named stage checkpointed
-    in its own sub-directory of ``checkpoint`` so that ``resume=True`` continues every stage."""
+    """How a method runs its stages, the same for every method: ``secateur.train.fit``'s run options,
+    with each named stage checkpointed in its own sub-directory of ``checkpoint`` so that
+    ``resume=True`` continues every stage; ``recalibrate``: batches of training data on which every
+    BatchNorm's statistics are re-estimated after each cut (0: off); ``distill``: fine-tune with the
+    unpruned model as teacher (``secateur.train.Distill``)."""
 
     checkpoint: str | Path | None = None
     resume: bool = False
     progress: bool = True
     seed: int = 0
     compile: bool = False
+    recalibrate: int = 20
+    distill: bool = False
 
-    def fit(self, model: nn.Module, train_loader, stage: str, **kw) -> list[dict]:
+    def __post_init__(self):
+        check_epochs(recalibrate=self.recalibrate)
+
+    def fit(self, model: nn.Module, train_loader, stage: str, *, teacher: nn.Module | None = None,
+            callbacks=(), **kw) -> list[dict]:
+        """``teacher``: the unpruned model, used (a copy of it) when ``distill`` is on."""
         path = None if self.checkpoint is None else Path(self.checkpoint) / stage
+        if self.distill and teacher is not None:
+            callbacks = [*callbacks, Distill(copy.deepcopy(teacher))]
         return fit(model, train_loader, checkpoint=path, resume=self.resume, progress=self.progress, seed=self.seed,
-                   compile=self.compile, **kw)
+                   compile=self.compile, callbacks=callbacks, **kw)
+
+    def cut(self, result: Result, model: nn.Module, example_inputs, loader, eval_loader=None,
+            **extras) -> nn.Module:
+        """Record the model just cut as "pruned"; then, unless ``recalibrate`` is 0, ``loader`` is None
+        or the model has no BatchNorm, re-estimate its BN statistics on ``loader`` and record
+        "recalibrated". Returns the model to go on with."""
+        result.records.append(record("pruned", model, example_inputs, eval_loader, **extras))
+        if not self.recalibrate or loader is None or not any(isinstance(m, BN) for m in model.modules()):
+            return model
+        model = recalibrate_bn(model, loader, batches=self.recalibrate, copy=False)
+        result.records.append(record("recalibrated", model, example_inputs, eval_loader, **extras))
+        return model
 
 
 def check_epochs(**epochs: int) -> None:
+    """Each value an integer >= 0, else one line naming it."""
     for name, value in epochs.items():
         if not (isinstance(value, int) and value >= 0):
             raise ValueError(f"{name}={value!r} must be an integer >= 0")

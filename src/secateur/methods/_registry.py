@@ -62,16 +62,19 @@ def method_for(config) -> Method:
 
 def compress(model: nn.Module, config, *, example_inputs, train_loader=None, calibration=None, eval_loader=None,
              checkpoint=None, resume: bool = False, progress: bool = True, seed: int = 0,
-             compile: bool = False):
+             compile: bool = False, recalibrate: int = 20, distill: bool = False):
     """Run the method ``config`` configures on a copy of ``model`` (never changed): ``Slimming(...)``,
     ``ISTA(...)``, ``Magnitude(...)``, ``ThiNet(...)``, ``ChannelPruning(...)`` or ``OneShot(...)``.
     Returns a :class:`Result` (the new model and one record per stage). ``calibration``: a loader of
     a few hundred training images (``secateur.data.calibration``) for data-driven methods; the run
-    options are ``secateur.train.fit``'s, each training stage checkpointed under ``checkpoint``."""
+    options are ``secateur.train.fit``'s, each training stage checkpointed under ``checkpoint``;
+    ``recalibrate``: batches of training data (else calibration data) on which BatchNorm statistics
+    are re-estimated after every cut (0: off; records "recalibrated"); ``distill``: fine-tune with the
+    unpruned model as teacher."""
     method = method_for(config)
     data = Data(example_inputs, train_loader, calibration, eval_loader)
     missing = [n for n in method.needs if getattr(data, n) is None]
     if missing:
         raise ValueError(f"{method.name} ({type(config).__name__}) needs {missing[0]}=")
     return method.run(model, config, data, checkpoint=checkpoint, resume=resume, progress=progress, seed=seed,
-                      compile=compile)
+                      compile=compile, recalibrate=recalibrate, distill=distill)

@@ -151,19 +151,21 @@ def penalties(graph: Graph, model: nn.Module, rho: float, cost_weighted: bool) -
 
 
 def ista(model: nn.Module, train_loader, example_inputs, config: ISTA = ISTA(), *, eval_loader=None,
-         ignore: Iterable = (), checkpoint=None, resume: bool = False, progress: bool = True,
-         seed: int = 0, compile: bool = False) -> Result:
+         ignore: Iterable = (), **how) -> Result:
     """Sparsify BN scales by ISTA on a copy of ``model``, remove the exact zeros (folding their
     constant outputs), then fine-tune. Records: "baseline", "sparse" (with ``zero_gammas``),
     "pruned" (with ``max_rel_diff``: pruned vs sparse-trained outputs on ``example_inputs``,
-    which is 0 up to rounding away from zero-padded borders), "finetuned"."""
-    model = copy.deepcopy(model)
+    which is 0 up to rounding away from zero-padded borders), "finetuned". ``how``: the run options
+    every method takes (``Stages``); ``recalibrate`` does nothing here: only exact zeros are removed,
+    so the pruned network computes what the trained one did and its BN statistics still fit.
+    """
+    teacher, model = model, copy.deepcopy(model)
     result = Result(model, [record("baseline", model, example_inputs, eval_loader)])
     device = next(model.parameters()).device
     x = example_inputs.to(device)
     graph = trace(model, x, ignore=ignore)
     scaled = rescale(model, graph, config.alpha, x)
-    stages = Stages(checkpoint, resume, progress, seed, compile)
+    stages = Stages(**how)
     stages.fit(model, train_loader, "sparsity", epochs=config.sparsity_epochs, optim=config.optim,
                callbacks=[ProximalL1(penalties(graph, model, config.rho, config.cost_weighted))],
                eval_loader=eval_loader)
@@ -180,7 +182,8 @@ def ista(model: nn.Module, train_loader, example_inputs, config: ISTA = ISTA(), 
         diff = _rel_err(pruned.eval()(x), model.eval()(x))
     result.records.append(record("pruned", pruned, x, eval_loader, max_rel_diff=diff))
     result.history = stages.fit(pruned, train_loader, "finetune", epochs=config.finetune_epochs,
-                                optim=config.finetune_optim or config.optim, eval_loader=eval_loader)
+                                optim=config.finetune_optim or config.optim, eval_loader=eval_loader,
+                                teacher=teacher)
     result.records.append(record("finetuned", pruned, x, eval_loader))
     result.model = pruned
     return result

@@ -93,15 +93,15 @@ def channel_pruning(model: nn.Module, data, example_inputs, config: ChannelPruni
     return _run(model, data, example_inputs, config, _lasso_step, **kw)
 
 
-def _run(model, data, x, config: _Layerwise, step, *, train_loader=None, eval_loader=None, checkpoint=None,
-         resume: bool = False, progress: bool = True, compile: bool = False) -> Result:
+def _run(model, data, x, config: _Layerwise, step, *, train_loader=None, eval_loader=None, **how) -> Result:
     if (config.layer_epochs or config.finetune_epochs) and train_loader is None:
         raise ValueError("fine-tuning epochs were asked for but no train_loader= was given")
     if config.latency is not None:
         from ..runtimes import backend
         backend(config.runtime)   # a missing runtime is one line, before any work
-    model = copy.deepcopy(model)
-    stages = Stages(checkpoint, resume, progress, config.seed, compile)
+    teacher, model = model, copy.deepcopy(model)
+    stages = Stages(**{**how, "seed": config.seed})
+    progress = stages.progress
     if getattr(config, "gap", False):
         model = gap_head(model)
     original = copy.deepcopy(model).eval()
@@ -116,17 +116,17 @@ def _run(model, data, x, config: _Layerwise, step, *, train_loader=None, eval_lo
         model = apply(model, graph, Plan({group.index: tuple(kept.tolist())}))
         if config.layer_epochs:
             stages.fit(model, train_loader, f"layer{i}", epochs=config.layer_epochs, optim=config.optim,
-                       eval_loader=eval_loader)
+                       eval_loader=eval_loader, teacher=teacher)
         result.records.append(record("layer", model, x, None, layer=name, kept=len(kept), of=group.size))
     timing = {}
     if config.latency is not None:
         from ..runtimes import measured_ratio
         timing = dict(latency_predicted=predicted, latency_measured=measured_ratio(original, model, x, config.runtime,
                                                                                    threads=config.threads))
-    result.records.append(record("pruned", model, x, eval_loader, **timing))
+    model = stages.cut(result, model, x, train_loader if train_loader is not None else data, eval_loader, **timing)
     if config.finetune_epochs:
         result.history = stages.fit(model, train_loader, "finetune", epochs=config.finetune_epochs,
-                                    optim=config.optim, eval_loader=eval_loader)
+                                    optim=config.optim, eval_loader=eval_loader, teacher=teacher)
         result.records.append(record("finetuned", model, x, eval_loader))
     result.model = model
     return result

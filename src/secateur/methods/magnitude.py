@@ -7,14 +7,12 @@ not faster (dense kernels do the same work on zeros).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from torch import nn
 
 from ..train import Optim
 from ._common import Result, Stages, check_epochs, record
-from ._records import StageRecord
 from ._registry import Data, Method, register
 from ._magnitude_masks import HoldMasks, apply_masks_, magnitude_masks, sparsity
 
@@ -41,29 +39,30 @@ class Magnitude:
 
 
 def magnitude(model: nn.Module, train_loader, example_inputs, config: Magnitude = Magnitude(), *,
-              eval_loader=None, checkpoint=None, resume: bool = False, progress: bool = True,
-              seed: int = 0, compile: bool = False) -> Result:
+              eval_loader=None, **how) -> Result:
     """Iterative magnitude pruning of a copy of ``model``. Records per round: "pruned" (before
     retraining) and "retrained", each with ``nonzero``, ``total`` and ``compression`` (total/nonzero)
-    over the pruned layers; ``result.masks`` holds the final masks."""
-    model = copy.deepcopy(model)
+    over the pruned layers; ``result.masks`` holds the final masks. ``how``: the run options every
+    method takes (``Stages``), BN statistics recalibrated after every cut ("recalibrated").
+    """
+    teacher, model = model, copy.deepcopy(model)
     result = Result(model, [record("baseline", model, example_inputs, eval_loader)])
-    masks, stages = None, Stages(checkpoint, resume, progress, seed, compile)
+    masks, stages = None, Stages(**how)
     for r, quality in enumerate(config.qualities):
         masks = magnitude_masks(model, quality, layers=config.layers, previous=masks)
         apply_masks_(model, masks)
-        result.records.append(_record("pruned", model, example_inputs, eval_loader, config.layers, r, quality))
+        model = stages.cut(result, model, example_inputs, train_loader, eval_loader, **_extras(model, config, r, quality))
         result.history = stages.fit(model, train_loader, f"round{r}", epochs=config.epochs, optim=config.optim,
-                                    callbacks=[HoldMasks(masks)], eval_loader=eval_loader)
-        result.records.append(_record("retrained", model, example_inputs, eval_loader, config.layers, r, quality))
-    result.masks = masks
+                                    callbacks=[HoldMasks(masks)], eval_loader=eval_loader, teacher=teacher)
+        result.records.append(record("retrained", model, example_inputs, eval_loader,
+                                     **_extras(model, config, r, quality)))
+    result.model, result.masks = model, masks
     return result
 
 
-def _record(stage, model, x, eval_loader, layers: Iterable[str] | None, r: int, quality: float) -> StageRecord:
-    s = sparsity(model, layers)
-    return record(stage, model, x, eval_loader, round=r, quality=quality, nonzero=s["nonzero"],
-                  total=s["total"], compression=s["compression"])
+def _extras(model: nn.Module, config: Magnitude, r: int, quality: float) -> dict:
+    s = sparsity(model, config.layers)
+    return dict(round=r, quality=quality, nonzero=s["nonzero"], total=s["total"], compression=s["compression"])
 
 
 def _run(model, config: Magnitude, data: Data, **how) -> Result:

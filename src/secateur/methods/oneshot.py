@@ -66,25 +66,32 @@ class OneShot:
 
 
 def one_shot(model: nn.Module, example_inputs, config: OneShot, *, calibration=None, train_loader=None,
-             eval_loader=None, checkpoint=None, resume: bool = False, progress: bool = True, seed: int = 0,
-             compile: bool = False) -> Result:
-    """Prune a copy of ``model`` once by ``config.criterion``, then fine-tune it ``finetune_epochs``."""
+             eval_loader=None, **how) -> Result:
+    """Prune a copy of ``model`` once by ``config.criterion``, recalibrate its BatchNorms on
+    ``train_loader`` (else ``calibration``), then fine-tune it ``finetune_epochs``. ``how``: the run
+    options every method takes (``Stages``: checkpoint, resume, progress, seed, compile, recalibrate,
+    distill)."""
     if config.finetune_epochs and train_loader is None:
         raise ValueError("OneShot finetune_epochs > 0 needs train_loader=")
+    stages = Stages(**how)
     ignore = _outer_layers(model, example_inputs) if config.inner_only else ()
     amount = dict(config.layer_amounts) if config.layer_amounts is not None else config.amount
     small = prune(model, example_inputs, config.criterion, amount=amount, target_macs=config.macs,
                   target_latency=config.latency, runtime=config.runtime, threads=config.threads,
                   global_ranking=config.global_ranking, round_to=config.round_to, min_channels=config.min_channels,
-                  max_amount=config.max_amount, ignore=ignore, data=calibration, progress=progress)
-    result = Result(small, [record("baseline", model, example_inputs, eval_loader),
-                            record("pruned", small, example_inputs, eval_loader)])
+                  max_amount=config.max_amount, ignore=ignore, data=calibration, progress=stages.progress)
+    result = Result(small, [record("baseline", model, example_inputs, eval_loader)])
+    small = result.model = stages.cut(result, small, example_inputs, _training_data(train_loader, calibration),
+                                         eval_loader)
     if config.finetune_epochs:
-        stages = Stages(checkpoint, resume, progress, seed, compile)
         result.history = stages.fit(small, train_loader, "finetune", epochs=config.finetune_epochs,
-                                    optim=config.finetune_optim, eval_loader=eval_loader)
+                                    optim=config.finetune_optim, eval_loader=eval_loader, teacher=model)
         result.records.append(record("finetuned", small, example_inputs, eval_loader))
     return result
+
+
+def _training_data(train_loader, calibration):
+    return train_loader if train_loader is not None else calibration
 
 
 def _outer_layers(model: nn.Module, x) -> list[str]:

@@ -78,19 +78,19 @@ class Slimming:
 
 
 def slimming(model: nn.Module, train_loader, example_inputs, config: Slimming = Slimming(), *,
-             eval_loader=None, ignore: Iterable = (), checkpoint=None, resume: bool = False,
-             progress: bool = True, seed: int = 0, compile: bool = False) -> Result:
+             eval_loader=None, ignore: Iterable = (), **how) -> Result:
     """Run Network Slimming on a copy of ``model`` (the caller's model is not changed).
 
-    Records per pass: "sparse" (after sparsity training, with the |gamma| of every BN), "pruned"
-    (before fine-tuning) and "finetuned"; the first record is the "baseline".
-    checkpoint: a directory; each training stage checkpoints in its own sub-directory, and
-    ``resume=True`` reruns the method from where it stopped (pruning is deterministic).
-    compile: train every stage through ``torch.compile`` (see ``secateur.train.fit``).
+    Records per pass: "sparse" (after sparsity training, with the |gamma| of every BN), "pruned",
+    "recalibrated" (BN statistics re-estimated) and "finetuned"; the first record is the "baseline".
+    ``how``: the run options every method takes (``Stages``): checkpoint, a directory where each
+    training stage checkpoints in its own sub-directory, and ``resume=True`` reruns the method from
+    where it stopped (pruning is deterministic); compile (see ``secateur.train.fit``); recalibrate
+    (batches, 0: off); distill (fine-tune with the unpruned model as teacher).
     """
-    model = copy.deepcopy(model)
+    teacher, model = model, copy.deepcopy(model)
     ft = config.finetune_optim or config.optim
-    stages = Stages(checkpoint, resume, progress, seed, compile)
+    stages = Stages(**how)
     result = Result(model, [record("baseline", model, example_inputs, eval_loader)])
     target = config.target()
     for p in range(config.passes):
@@ -100,9 +100,9 @@ def slimming(model: nn.Module, train_loader, example_inputs, config: Slimming = 
         result.records.append(record("sparse", model, example_inputs, eval_loader, gammas=gammas.tolist(),
                                      **{"pass": p}))
         model = prune_by(model, example_inputs, target, ignore)
-        result.records.append(record("pruned", model, example_inputs, eval_loader, **{"pass": p}))
+        model = stages.cut(result, model, example_inputs, train_loader, eval_loader, **{"pass": p})
         result.history = stages.fit(model, train_loader, f"pass{p}-finetune", epochs=config.finetune_epochs,
-                                    optim=ft, eval_loader=eval_loader)
+                                    optim=ft, eval_loader=eval_loader, teacher=teacher)
         result.records.append(record("finetuned", model, example_inputs, eval_loader, **{"pass": p}))
     result.model = model
     return result
