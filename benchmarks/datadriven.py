@@ -59,36 +59,59 @@ def convs(model: nn.Module) -> list[str]:
 
 def layerwise(method: str, base, calib, **cfg) -> nn.Module:
     if method == "thinet":
-        return thinet(base, calib, X, ThiNet(seed=SEED, **cfg), progress=False).model
-    return channel_pruning(base, calib, X, ChannelPruning(seed=SEED, **cfg), progress=False).model
+        return thinet(base, calib, X, ThiNet(seed=SEED, **cfg), progress=False, recalibrate=0).model
+    return channel_pruning(base, calib, X, ChannelPruning(seed=SEED, **cfg), progress=False, recalibrate=0).model
+
+
+def measured(made, info: dict, measure, label: str) -> list[dict]:
+    """One row per ``(tool, method, make)`` of ``made`` (see :func:`makers`): ``info`` plus what
+    ``measure(small, tool, method)`` returns, or the error (a failing method is a row, not a crash); each printed."""
+    rows = []
+    for tool, method, make in made:
+        start = time.perf_counter()
+        try:
+            small, extra = make()
+            rows.append(_common.row(**info, tool=tool, method=method, **measure(small, tool, method), **extra))
+        except Exception as e:
+            rows.append(_common.row(**info, tool=tool, method=method, ok=False, error=_common.error_line(e)))
+        r = rows[-1]
+        shown = " ".join(f"{k} {_common.fmt(r.get(k))}" for k in ("macs_ratio", "acc_pruned", "acc_recalibrated",
+                                                                   "acc_finetuned") if r.get(k) is not None)
+        print(f"{label} {tool} {method}: {shown} ({time.perf_counter() - start:.0f} s)"
+              f"{'' if r['ok'] else ' ' + r['error']}", flush=True)
+    return rows
 
 
 # --- 1. ThiNet's Figure 4: prune some layers, no fine-tune ------------------------------------------
-def fig4(base, acc_base, calib, test) -> list[dict]:
+def recalibrated_acc(model: nn.Module, train, test, batches: int = 20) -> float:
+    """Test accuracy after ``secateur.recalibrate_bn`` on the first ``batches`` of ``train`` (seeded)."""
+    torch.manual_seed(SEED)
+    return evaluate(secateur.recalibrate_bn(model, train, batches=batches), test)["acc"]
+
+
+def fig4(base, acc_base, calib, test, train) -> list[dict]:
     names = convs(base)
     sets = {names[1]: (names[1],), names[3]: (names[3],), names[5]: (names[5],), "first 6 convs": tuple(names[:6])}
     b = record("baseline", base, X)
+
+    def measure(small, tool, method):
+        p = record("pruned", small, X, test)
+        return dict(macs_ratio=p["macs"] / b["macs"], params_ratio=p["params"] / b["params"], acc_pruned=p["acc"],
+                    acc_recalibrated=recalibrated_acc(small, train, test))
+
+    def make(method, rate, layers):
+        if method in ("thinet", "lasso"):
+            return layerwise(method, base, calib, amount=rate, layers=layers), {}
+        return secateur.prune(base, X, CRITERIA[method], amount=rate, data=calib, progress=False,
+                              ignore=[n for n in names if n not in layers]), {}
+
     rows = []
     for label, layers in sets.items():
         for rate in RATES:
-            for method in FIG4_METHODS:
-                start = time.perf_counter()
-                info = dict(model="vgg8", tool="secateur", method=method, experiment="fig4", layer_set=label,
-                            rate=rate, target={"amount": rate, "layers": list(layers)}, acc_base=acc_base, seed=SEED)
-                try:
-                    if method in ("thinet", "lasso"):
-                        small = layerwise(method, base, calib, amount=rate, layers=layers)
-                    else:
-                        small = secateur.prune(base, X, CRITERIA[method], amount=rate, data=calib,
-                                               ignore=[n for n in names if n not in layers])
-                    p = record("pruned", small, X, test)
-                    rows.append(_common.row(**info, macs_ratio=p["macs"] / b["macs"],
-                                            params_ratio=p["params"] / b["params"], acc_pruned=p["acc"]))
-                except Exception as e:  # a failing method is a row, not a crash
-                    rows.append(_common.row(**info, ok=False, error=_common.error_line(e)))
-                r = rows[-1]
-                print(f"fig4 {label:>14} {rate:.1f} {method:>10}: acc {_common.fmt(r['acc_pruned'])} "
-                      f"({time.perf_counter() - start:.0f} s){'' if r['ok'] else ' ' + r['error']}", flush=True)
+            info = dict(model="vgg8", experiment="fig4", layer_set=label, rate=rate,
+                        target={"amount": rate, "layers": list(layers)}, acc_base=acc_base, seed=SEED)
+            made = [("secateur", m, lambda m=m: make(m, rate, layers)) for m in FIG4_METHODS]
+            rows += measured(made, info, measure, f"fig4 {label:>14} {rate:.1f}")
     return rows
 
 
@@ -153,44 +176,37 @@ def tp_at_macs(base, importance, calib, macs0, target=0.5, ratio=None):
     raise RuntimeError(f"no pruning_ratio gives {target} of the MACs (last {mid:.4f}: {got:.3f})")
 
 
-def makers(base, calib, macs0, ours, theirs):
-    """(tool, method, make) for each row at half the MACs; make() -> (pruned model, extra row fields).
-    Torch-Pruning's ratio is searched once and tried first by the next importance."""
+def makers(base, calib, macs0, ours, theirs, target: float = 0.5):
+    """(tool, method, make) for each row at ``target`` of the MACs; make() -> (pruned model, extra row
+    fields). Torch-Pruning's ratio is searched once and tried first by the next importance."""
     for m in ours:
         if m in ("thinet", "lasso"):
-            yield "secateur", m, lambda m=m: (layerwise(m, base, calib, macs=0.5), {})
+            yield "secateur", m, lambda m=m: (layerwise(m, base, calib, macs=target), {})
         else:
-            yield "secateur", m, lambda c=CRITERIA[m]: (secateur.prune(base, X, c, target_macs=0.5, data=calib), {})
+            yield "secateur", m, lambda c=CRITERIA[m]: (secateur.prune(base, X, c, target_macs=target, data=calib,
+                                                                       progress=False), {})
     found = {}
     for imp in theirs:
         def make(imp=imp):
-            model, found["ratio"] = tp_at_macs(base, imp, calib, macs0, ratio=found.get("ratio"))
+            model, found["ratio"] = tp_at_macs(base, imp, calib, macs0, target, ratio=found.get("ratio"))
             return model, {"pruning_ratio": found["ratio"]}
         yield "torch-pruning", imp, make
 
 
 def whole(name, base, acc_base, calib, train, test, B, ck) -> list[dict]:
     b = record("baseline", base, X)
-    rows = []
-    for tool, method, make in makers(base, calib, b["macs"], ("l1", "apoz", "taylor", "thinet", "lasso"),
-                                     ("l1", "bnscale", "taylor")):
-        start = time.perf_counter()
-        info = dict(model=name, tool=tool, method=method, experiment="whole", target={"macs": 0.5},
-                    acc_base=acc_base, finetune_epochs=B["finetune"], seed=SEED, batch=64)
-        try:
-            small, extra = make()
-            p = record("pruned", small, X, test)
-            hist = fit(small, train, epochs=B["finetune"], optim=SGD, eval_loader=test, seed=SEED, progress=False,
-                       checkpoint=ck / f"dd-{name}-{tool}-{method}", resume=True, compile=B["compile"])
-            rows.append(_common.row(**info, macs_ratio=p["macs"] / b["macs"], params_ratio=p["params"] / b["params"],
-                                    latency_ratio=latency_ratio(base, small), acc_pruned=p["acc"],
-                                    acc_finetuned=hist[-1]["eval_acc"], **extra))
-        except Exception as e:
-            rows.append(_common.row(**info, ok=False, error=_common.error_line(e)))
-        r = rows[-1]
-        print(f"whole {name} {tool} {method}: MACs {_common.fmt(r['macs_ratio'])} pruned {_common.fmt(r['acc_pruned'])} "
-              f"tuned {_common.fmt(r['acc_finetuned'])} ({time.perf_counter() - start:.0f} s)"
-              f"{'' if r['ok'] else ' ' + r['error']}", flush=True)
+    info = dict(model=name, experiment="whole", target={"macs": 0.5}, acc_base=acc_base,
+                finetune_epochs=B["finetune"], seed=SEED, batch=64)
+
+    def measure(small, tool, method):
+        p = record("pruned", small, X, test)
+        hist = fit(small, train, epochs=B["finetune"], optim=SGD, eval_loader=test, seed=SEED, progress=False,
+                   checkpoint=ck / f"dd-{name}-{tool}-{method}", resume=True, compile=B["compile"])
+        return dict(macs_ratio=p["macs"] / b["macs"], params_ratio=p["params"] / b["params"],
+                    latency_ratio=latency_ratio(base, small), acc_pruned=p["acc"], acc_finetuned=hist[-1]["eval_acc"])
+
+    rows = measured(makers(base, calib, b["macs"], ("l1", "apoz", "taylor", "thinet", "lasso"), ("l1", "bnscale", "taylor")),
+                    info, measure, f"whole {name}")
     drops = [r["acc_base"] - r["acc_finetuned"] for r in rows if r["tool"] == "torch-pruning" and r["ok"]]
     tp_best = min(drops) if drops else None
     for r in rows:
@@ -308,7 +324,7 @@ def main(argv: list[str]) -> None:
         bases[model] = baseline(model, mode, train, test, B["base"])
         acc[model] = evaluate(bases[model], test)["acc"]
         print(f"baseline {model}: test acc {acc[model]:.4f}", flush=True)
-    f4 = _common.stage_rows(keep and keep("fig4"), lambda: fig4(bases["vgg8"], acc["vgg8"], calib, test))
+    f4 = _common.stage_rows(keep and keep("fig4"), lambda: fig4(bases["vgg8"], acc["vgg8"], calib, test, train))
     png = _common.RESULTS / f"{name}_fig4.png"
     plot_fig4(f4, acc["vgg8"], png)
     rows += f4

@@ -63,13 +63,8 @@ def plan_per_layer(model: nn.Module, graph: Graph, criterion: Criterion, ratios:
                              f"to remove")
         g = producers[name].index
         rate[g] = min(rate.get(g, 1.0), r)
-    scores = score(model, graph, criterion, data)
-    keep: dict[int, tuple[int, ...]] = {}
-    for r in sorted(set(rate.values())):
-        part = {g: scores[g] for g, v in rate.items() if v == r and g in scores}
-        target = Target(amount=r, min_channels=min_channels, round_to=round_to)
-        keep.update(make_plan(graph, part, target, layer_facts(graph)).keep)
-    return Plan(keep)
+    return make_plan(graph, score(model, graph, criterion, data),
+                     Target(amount=rate, min_channels=min_channels, round_to=round_to), layer_facts(graph))
 
 
 def prune(model: nn.Module, example_inputs, criterion: Criterion, *,

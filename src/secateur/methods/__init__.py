@@ -6,6 +6,7 @@
     result = thinet(model, calib_loader, x, ThiNet(amount=0.5), train_loader=train, eval_loader=test)
     result = channel_pruning(model, calib_loader, x, ChannelPruning(macs=0.5), eval_loader=test)
     result = one_shot(model, x, OneShot(criterion=L1(), amount=0.5, finetune_epochs=3), train_loader=train)
+    result = one_shot(model, x, OneShot(macs=0.25, allocation="greedy"), train_loader=train)  # per-layer rates
     result.model, result.records                      # the new model; one record per stage
 
     result = compress(model, Slimming(amount=0.5), example_inputs=x, train_loader=train)   # any of them
@@ -25,6 +26,7 @@ from ._config import from_dict, to_dict
 from ._records import StageRecord
 from ._registry import Data, Method, compress, method_for, method_named, methods, register
 from ._magnitude_masks import HoldMasks, apply_masks_, magnitude_masks, sparsity
+from .allocation import Allocation, allocate
 from .ista import ISTA, ProximalL1, ista, rescale
 from .layerwise import ChannelPruning, ThiNet, channel_pruning, gap_head, thinet
 from .magnitude import Magnitude, magnitude
@@ -32,8 +34,8 @@ from .oneshot import OneShot, one_shot
 from .sensitivity import sensitivity, sensitivity_ratios
 from .slimming import Slimming, SparsityL1, slimming
 
-__all__ = ["ChannelPruning", "Data", "HoldMasks", "ISTA", "Magnitude", "Method", "OneShot", "ProximalL1", "Result",
-           "Slimming", "SparsityL1", "StageRecord", "Stages", "ThiNet", "apply_masks_", "channel_pruning", "compress", "from_dict", "gap_head",
+__all__ = ["Allocation", "ChannelPruning", "Data", "HoldMasks", "ISTA", "Magnitude", "Method", "OneShot", "ProximalL1", "Result",
+           "Slimming", "SparsityL1", "StageRecord", "Stages", "ThiNet", "allocate", "apply_masks_", "channel_pruning", "compress", "from_dict", "gap_head",
            "ista", "magnitude", "magnitude_masks", "method_for", "method_named", "methods", "one_shot", "register",
            "to_dict",
            "record", "rescale", "sensitivity", "sensitivity_ratios", "slimming", "sparsity", "thinet"]

@@ -19,7 +19,11 @@ from ..runtimes import backends
 from ..train import Optim
 from ._common import Result, Stages, check_epochs, record
 from ._registry import Data, Method, register
+from .allocation import STRATEGIES, allocate
 from .layerwise import ThiNet, chosen_groups
+
+
+ALLOCATIONS = ("uniform", "global", *STRATEGIES)
 
 
 @dataclass(frozen=True)
@@ -28,8 +32,11 @@ class OneShot:
     ``amount`` (fraction of each group's channels), ``macs`` (fraction of MACs to keep), ``latency``
     (fraction of the latency to keep, measured on ``runtime`` with ``threads`` CPU threads at the
     example inputs' batch) and ``layer_amounts`` (per producing layer, e.g. from ``secateur
-    sensitivity``); the planner options of :func:`secateur.prune`; ``inner_only``: prune only the
-    convs inside blocks (Li et al.)."""
+    sensitivity``); ``allocation``: how the budget is spread over the groups: "uniform" (one rate),
+    "global" (one threshold on normalised scores), or chosen by recalibrated accuracy on training
+    batches, "greedy" (AIMET's per-layer curves) or "search" (EagleEye's random search), those two
+    for ``macs`` (see ``secateur.methods.allocate``); the planner options of :func:`secateur.prune`;
+    ``inner_only``: prune only the convs inside blocks (Li et al.)."""
 
     criterion: Criterion = field(default_factory=L1)
     amount: float | None = None
@@ -38,7 +45,7 @@ class OneShot:
     runtime: str = "torch"
     threads: int = 1
     layer_amounts: Mapping[str, float] | None = None
-    global_ranking: bool = False
+    allocation: str = "uniform"
     round_to: int = 1
     min_channels: int = 1
     max_amount: float = 1.0
@@ -49,11 +56,15 @@ class OneShot:
     def __post_init__(self):
         check_epochs(finetune_epochs=self.finetune_epochs)
         if self.layer_amounts is not None:
-            if self.amount is not None or self.macs is not None or self.latency is not None or self.global_ranking \
-                    or self.max_amount != 1.0:
+            if self.amount is not None or self.macs is not None or self.latency is not None \
+                    or self.allocation != "uniform" or self.max_amount != 1.0:
                 raise ValueError("layer_amounts= (per-layer amounts) replaces amount=, macs=, latency=, "
-                                 "global_ranking= and max_amount=")
+                                 "allocation= and max_amount=")
             return
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation={self.allocation!r}; choose one of {', '.join(ALLOCATIONS)}")
+        if self.allocation in STRATEGIES and self.macs is None:
+            raise ValueError(f"allocation={self.allocation!r} chooses per-layer rates for a MAC budget: give macs=")
         if self.runtime not in backends():
             raise ValueError(f"runtime={self.runtime!r}; choose one of {', '.join(backends())}")
         if self.latency is not None and (self.amount is not None or self.macs is not None):
@@ -61,7 +72,7 @@ class OneShot:
         if self.latency is not None and not (isinstance(self.latency, (int, float)) and 0 < self.latency <= 1):
             raise ValueError(f"latency={self.latency!r} must be in (0, 1]: the fraction of the latency to keep")
         Target(amount=self.amount, macs=self.latency if self.latency is not None else self.macs,
-               global_ranking=self.global_ranking, min_channels=self.min_channels, round_to=self.round_to,
+               global_ranking=self.allocation == "global", min_channels=self.min_channels, round_to=self.round_to,
                max_amount=self.max_amount)
 
 
@@ -76,13 +87,27 @@ def one_shot(model: nn.Module, example_inputs, config: OneShot, *, calibration=N
     stages = Stages(**how)
     ignore = _outer_layers(model, example_inputs) if config.inner_only else ()
     amount = dict(config.layer_amounts) if config.layer_amounts is not None else config.amount
-    small = prune(model, example_inputs, config.criterion, amount=amount, target_macs=config.macs,
+    macs, chosen = config.macs, {}
+    if config.allocation in STRATEGIES:
+        data = _training_data(train_loader, calibration)
+        if data is None:
+            raise ValueError(f"allocation={config.allocation!r} scores candidates on training batches: give "
+                             f"train_loader=")
+        found = allocate(model, example_inputs, config.criterion, macs=config.macs, loader=data,
+                         strategy=config.allocation, max_amount=min(config.max_amount, 0.9), round_to=config.round_to,
+                         min_channels=config.min_channels, ignore=ignore, data=calibration, seed=stages.seed,
+                         progress=stages.progress)
+        amount, macs = found.layers, None
+        chosen = dict(allocation=config.allocation, allocation_evaluations=found.evaluations,
+                      allocation_seconds=found.seconds, allocation_score=found.score)
+    small = prune(model, example_inputs, config.criterion, amount=amount, target_macs=macs,
                   target_latency=config.latency, runtime=config.runtime, threads=config.threads,
-                  global_ranking=config.global_ranking, round_to=config.round_to, min_channels=config.min_channels,
-                  max_amount=config.max_amount, ignore=ignore, data=calibration, progress=stages.progress)
+                  global_ranking=config.allocation == "global", round_to=config.round_to,
+                  min_channels=config.min_channels, max_amount=1.0 if chosen else config.max_amount, ignore=ignore,
+                  data=calibration, progress=stages.progress)
     result = Result(small, [record("baseline", model, example_inputs, eval_loader)])
     small = result.model = stages.cut(result, small, example_inputs, _training_data(train_loader, calibration),
-                                         eval_loader)
+                                         eval_loader, **chosen)
     if config.finetune_epochs:
         result.history = stages.fit(small, train_loader, "finetune", epochs=config.finetune_epochs,
                                     optim=config.finetune_optim, eval_loader=eval_loader, teacher=model)

@@ -19,7 +19,8 @@ class TargetError(ValueError):
 @dataclass(frozen=True)
 class Target:
     """What to remove. Exactly one of ``amount`` (fraction of each group's channels, or of all
-    channels with ``global_ranking``), ``macs`` (fraction of the model's conv/linear MACs to keep) and
+    channels with ``global_ranking``; or per group, ``{group index: fraction}``, the groups not named
+    kept whole), ``macs`` (fraction of the model's conv/linear MACs to keep) and
     ``threshold`` (remove every unit scoring at most this, e.g. 0.0 for the exact zeros of ISTA).
 
     normalize: compare scores across groups (global ranking, threshold) after dividing each group's
@@ -28,7 +29,7 @@ class Target:
     a global ranking or threshold then cannot empty a layer down to ``min_channels``.
     """
 
-    amount: float | None = None
+    amount: float | Mapping[int, float] | None = None
     macs: float | None = None
     threshold: float | None = None
     global_ranking: bool = False
@@ -43,8 +44,12 @@ class Target:
         if self.threshold is not None and not (isinstance(self.threshold, (int, float))
                                                and math.isfinite(self.threshold)):
             raise ValueError(f"threshold={self.threshold!r} must be a finite number")
-        if self.amount is not None and not (isinstance(self.amount, (int, float)) and 0 <= self.amount < 1):
-            raise ValueError(f"amount={self.amount!r} must be in [0, 1): the fraction of channels to remove")
+        amounts = self.amount.values() if isinstance(self.amount, Mapping) else [self.amount]
+        if isinstance(self.amount, Mapping) and self.global_ranking:
+            raise ValueError("per-group amounts cannot be combined with global_ranking=")
+        for a in amounts if self.amount is not None else ():
+            if isinstance(a, bool) or not (isinstance(a, (int, float)) and 0 <= a < 1):
+                raise ValueError(f"amount={a!r} must be in [0, 1): the fraction of channels to remove")
         if self.macs is not None and not (isinstance(self.macs, (int, float)) and 0 < self.macs <= 1):
             raise ValueError(f"target_macs={self.macs!r} must be in (0, 1]: the fraction of MACs to keep")
         if not (isinstance(self.min_channels, int) and self.min_channels >= 1):
@@ -96,7 +101,9 @@ class _Groups:
         return out
 
 
-def _uniform(gs: _Groups, amount: float) -> dict[int, int]:
+def _uniform(gs: _Groups, amount: float | Mapping[int, float]) -> dict[int, int]:
+    if isinstance(amount, Mapping):
+        return {g: int(amount[g] * gs.sizes[g]) for g in gs.ids if g in amount}
     return {g: int(amount * gs.sizes[g]) for g in gs.ids}
 
 
