@@ -55,10 +55,11 @@ class Allocation:
     curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
 
-class _Judge:
-    """Cuts, recalibrates and scores candidate plans of one model; counts what it evaluates."""
+class Judge:
+    """Cuts, recalibrates (on the batches ``recal``, unless None) and scores (accuracy on ``scored``)
+    candidate plans of one model, given as per-group amounts; counts what it evaluates."""
 
-    def __init__(self, model, graph: Graph, scores, target: Target, recal: list, scored: list):
+    def __init__(self, model, graph: Graph, scores, target: Target, recal: list | None, scored):
         self.model, self.graph, self.scores, self.target = model, graph, scores, target
         self.recal, self.scored, self.facts = recal, scored, layer_facts(graph)
         self.base = estimate_macs(graph, self.facts, {})
@@ -75,8 +76,23 @@ class _Judge:
     def accuracy(self, amounts: dict[int, float]) -> float:
         self.evaluations += 1
         small = apply(copy.deepcopy(self.model), self.graph, self.plan(amounts))
-        small = recalibrate_bn(small, self.recal, batches=len(self.recal), copy=False)
+        if self.recal is not None:
+            small = recalibrate_bn(small, self.recal, batches=len(self.recal), copy=False)
         return evaluate(small, self.scored)["acc"]
+
+    def curves(self, groups, ratios, progress: bool, desc: str) -> dict[int, list[tuple[float, float]]]:
+        """Per group, (ratio, accuracy) with that group alone pruned at each ratio; ratio 0 is the
+        whole model."""
+        full = self.accuracy({})
+        out = {}
+        bar = tqdm(total=len(groups) * len(ratios), desc=desc, disable=not progress, leave=False)
+        for g in groups:
+            out[g] = [(0.0, full)]
+            for r in sorted(ratios):
+                out[g].append((float(r), self.accuracy({g: r})))
+                bar.update()
+        bar.close()
+        return out
 
 
 def allocate(model: nn.Module, example_inputs, criterion: Criterion, *, macs: float, loader,
@@ -104,7 +120,7 @@ def allocate(model: nn.Module, example_inputs, criterion: Criterion, *, macs: fl
                          f"{recalibrate + score_batches}")
     graph = trace(model, example_inputs, ignore=ignore)
     target = Target(macs=macs, min_channels=min_channels, round_to=round_to, max_amount=max_amount)
-    judge = _Judge(model, graph, score(model, graph, criterion, data), target, held[:recalibrate],
+    judge = Judge(model, graph, score(model, graph, criterion, data), target, held[:recalibrate],
                    held[recalibrate:])
     groups = sorted(judge.scores)
     deepest = max(ratios) if strategy == "greedy" else max_amount
@@ -139,16 +155,9 @@ def _bisect(meets, lo: float, hi: float, steps: int = 30) -> tuple[float, float]
     return lo, hi
 
 
-def _greedy(judge: _Judge, groups, macs, ratios, candidates, max_amount, seed, progress):
-    full = judge.accuracy({})
-    curves = {}
-    bar = tqdm(total=len(groups) * len(ratios), desc="allocation curves", disable=not progress, leave=False)
-    for g in groups:
-        curves[g] = [(0.0, full)]
-        for r in ratios:
-            curves[g].append((r, judge.accuracy({g: r})))
-            bar.update()
-    bar.close()
+def _greedy(judge: Judge, groups, macs, ratios, candidates, max_amount, seed, progress):
+    curves = judge.curves(groups, ratios, progress, "allocation curves")
+    full = curves[groups[0]][0][1]
 
     def at(s: float) -> dict[int, float]:
         return {g: _largest(curves[g], s) for g in groups}
@@ -165,7 +174,7 @@ def _greedy(judge: _Judge, groups, macs, ratios, candidates, max_amount, seed, p
     return amounts, judge.accuracy(amounts), curves
 
 
-def _search(judge: _Judge, groups, macs, ratios, candidates, max_amount, seed, progress):
+def _search(judge: Judge, groups, macs, ratios, candidates, max_amount, seed, progress):
     rng = np.random.default_rng(seed)
     best, best_acc = None, -1.0
     for i in tqdm(range(candidates), desc="allocation search", disable=not progress, leave=False):

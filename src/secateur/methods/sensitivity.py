@@ -13,14 +13,11 @@ from __future__ import annotations
 import copy
 
 from torch import nn
-from tqdm import tqdm
-
 from ..criteria import L1, Criterion
 from ..graph import Role, trace
-from ..plan import Target, layer_facts, make_plan
+from ..plan import Target
 from ..prune import score
-from ..surgery import apply
-from ..train import evaluate
+from .allocation import Judge
 
 RATES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -33,21 +30,10 @@ def sensitivity(model: nn.Module, example_inputs, eval_loader, *, criterion: Cri
         raise ValueError(f"rates={tuple(rates)!r} must be fractions in (0, 1)")
     model = copy.deepcopy(model).eval()
     graph = trace(model, example_inputs, ignore=ignore)
-    scores = score(model, graph, criterion, data)
-    facts = layer_facts(graph)
-    base = evaluate(model, eval_loader)["acc"]
-    curves = {}
-    groups = [g for g in graph.prunable if g.index in scores and g.modules(Role.OUT)]
-    bar = tqdm(total=len(groups) * len(rates), desc="sensitivity", disable=not progress)
-    for g in groups:
-        points = [(0.0, base)]
-        for r in sorted(rates):
-            plan = make_plan(graph, {g.index: scores[g.index]}, Target(amount=r), facts)
-            points.append((float(r), evaluate(apply(copy.deepcopy(model), graph, plan), eval_loader)["acc"]))
-            bar.update()
-        curves[g.modules(Role.OUT)[0]] = points
-    bar.close()
-    return curves
+    judge = Judge(model, graph, score(model, graph, criterion, data), Target(amount=0.0), None, eval_loader)
+    groups = [g for g in graph.prunable if g.index in judge.scores and g.modules(Role.OUT)]
+    curves = judge.curves([g.index for g in groups], rates, progress, "sensitivity")
+    return {g.modules(Role.OUT)[0]: curves[g.index] for g in groups}
 
 
 def sensitivity_ratios(curves: dict[str, list[tuple[float, float]]], *, tolerance: float = 0.01) -> dict[str, float]:
