@@ -157,6 +157,20 @@ def median_spread(values: Sequence[float]) -> tuple[float, float]:
     return median, p75 - p25
 
 
+def paired_bootstrap(a, b, *, resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``a - b`` (per-item scores of two models on the same items) and its 95 % percentile
+    interval from ``resamples`` bootstrap resamples of the items."""
+    import numpy as np
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    for i in range(0, resamples, 500):   # 500 resamples at a time: memory stays small
+        n = min(500, resamples - i)
+        means[i:i + n] = d[rng.integers(0, len(d), (n, len(d)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(d.mean()), float(lo), float(hi)
+
+
 def dense(model: torch.nn.Module) -> torch.nn.Module:
     """A CPU, eval, contiguous-format copy: fit leaves weights channels_last, which alone moves CPU
     latency by ~25% and is not what an export or a fresh load sees; compare models in this form."""

@@ -205,8 +205,8 @@ def whole(name, base, acc_base, calib, train, test, B, ck) -> list[dict]:
         return dict(macs_ratio=p["macs"] / b["macs"], params_ratio=p["params"] / b["params"],
                     latency_ratio=latency_ratio(base, small), acc_pruned=p["acc"], acc_finetuned=hist[-1]["eval_acc"])
 
-    rows = measured(makers(base, calib, b["macs"], ("l1", "apoz", "taylor", "thinet", "lasso"), ("l1", "bnscale", "taylor")),
-                    info, measure, f"whole {name}")
+    made = makers(base, calib, b["macs"], ("l1", "apoz", "taylor", "thinet", "lasso"), ("l1", "bnscale", "taylor"))
+    rows = measured(made, info, measure, f"whole {name}")
     drops = [r["acc_base"] - r["acc_finetuned"] for r in rows if r["tool"] == "torch-pruning" and r["ok"]]
     tp_best = min(drops) if drops else None
     for r in rows:

@@ -1,6 +1,8 @@
 """Latency as the target: prune to half the *measured* latency on a runtime, three ways, side by side.
 
     .venv/bin/python benchmarks/latency.py [--quick] [--models resnet50,...] [--runtimes onnxruntime,torch]
+    .venv/bin/python benchmarks/latency.py --models vgg8,resnet56 --runtimes onnxruntime --batches 1,64 \
+        --keep benchmarks/.cache/full/latency-models    # the Fashion-MNIST baselines, kept for fine-tuning
 
 For each model (torchvision, random weights, 1000 classes, batch 1, 224 px; ``--quick``: resnet18 at
 112 px) and runtime, at ``target_latency = 0.5``, on 2 threads:
@@ -38,6 +40,8 @@ import secateur.runtimes as rt  # noqa: E402
 from secateur.criteria import L1  # noqa: E402
 
 TARGET, THREADS, RUNS = 0.5, 2, 3
+FMNIST = ("vgg8", "resnet56")
+BASELINES = Path(__file__).resolve().parent / "baselines"
 
 
 def _search(prune_at, lo: float, hi: float, ratio_of, probes: int = 6):
@@ -61,10 +65,21 @@ def _tp(model, x, ratio: float):
     return tp_one_shot(model, x, ratio)
 
 
-def run_one(name: str, size: int, runtime: str) -> list[dict]:
+def build(name: str, size: int, batch: int):
+    """(model, example inputs): a torchvision model with random weights, or a committed Fashion-MNIST
+    baseline (``vgg8``, ``resnet56``) at 28 px."""
     torch.manual_seed(0)
-    model = getattr(torchvision.models, name)().eval()
-    x = torch.randn(1, 3, size, size)
+    if name in FMNIST:
+        model = secateur.models.create_model(name, in_channels=1)
+        model.load_state_dict(secateur.io.load_state_dict_file(BASELINES / f"{name}-fashion-mnist-full.safetensors"))
+        return model.eval(), torch.randn(batch, 1, 28, 28)
+    return getattr(torchvision.models, name)().eval(), torch.randn(batch, 3, size, size)
+
+
+def run_one(name: str, size: int, runtime: str, batch: int = 1, keep: Path | None = None) -> list[dict]:
+    """The three rows of one model on one runtime; ``keep``: save each final model there (with a
+    manifest.json, as benchmarks/_quality_rows.py's prepare does) for the same fine-tune."""
+    model, x = build(name, size, batch)
     macs0 = secateur.measure(model, x, latency=False).macs
     params0 = sum(p.numel() for p in model.parameters())
     graph = secateur.trace(model, x)
@@ -79,8 +94,8 @@ def run_one(name: str, size: int, runtime: str) -> list[dict]:
                                           "pruning_ratio", invert=True),
     }
     for tool, make in tools.items():
-        fields = dict(model=name, tool=tool, method=f"l1/{runtime}", target={"latency": TARGET}, batch=1, runtime=runtime,
-                      input_size=size, threads=THREADS, section="latency")
+        fields = dict(model=name, tool=tool, method=f"l1/{runtime}", target={"latency": TARGET}, batch=batch,
+                      runtime=runtime, input_size=x.shape[-1], threads=THREADS, section="latency")
         start = time.perf_counter()
         try:
             with warnings.catch_warnings():
@@ -103,9 +118,25 @@ def run_one(name: str, size: int, runtime: str) -> list[dict]:
                         params_ratio=sum(p.numel() for p in small.parameters()) / params0,
                         widths_multiple_of_8=sum(w % 8 == 0 for w in widths) / len(widths),
                         tool_seconds=seconds, **extra))
+        if keep is not None:
+            _keep(keep, name, f"b{batch}-{runtime}/{tool}", small, rows[-1])
         print(f"{name} {runtime} {tool}: latency {fmt(rows[-1]['latency_ratio'])} "
               f"(runs {', '.join(fmt(r) for r in ratios)}), MACs {fmt(rows[-1]['macs_ratio'])}", flush=True)
     return rows
+
+
+def _keep(folder: Path, name: str, row_name: str, small, result: dict) -> None:
+    """Save ``small`` for the fine-tune and add its manifest row (accuracy right after the cut and
+    after BN recalibration, on the 10,000 test images)."""
+    from _quality_rows import add_to_manifest
+    from datadriven import recalibrated_acc
+    from training import loaders
+    train, test = loaders(None)
+    acc = secateur.train.evaluate(small, test)["acc"]
+    add_to_manifest(folder, name, row_name, small, dict(
+        target=dict(result["target"], batch=result["batch"], runtime=result["runtime"]),
+        macs_ratio=result["macs_ratio"], params_ratio=result["params_ratio"], latency_ratio=result["latency_ratio"],
+        acc_pruned=acc, acc_recalibrated=recalibrated_acc(small, train, test)))
 
 
 def _knobbed(found, key: str, invert: bool = False):
@@ -118,10 +149,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--models", default="resnet50,mobilenet_v2,vgg16_bn")
     parser.add_argument("--runtimes", default="onnxruntime,torch")
+    parser.add_argument("--batches", default="1", help="e.g. 1,64")
+    parser.add_argument("--keep", type=Path, help="save every final model there, for benchmarks/quality.py's fine-tune")
     args = parser.parse_args(argv)
     setup(THREADS)
     models = [("resnet18", 112)] if args.quick else [(m, 224) for m in args.models.split(",")]
-    rows = [r for name, size in models for runtime in args.runtimes.split(",") for r in run_one(name, size, runtime)]
+    rows = [r for name, size in models for runtime in args.runtimes.split(",")
+            for batch in map(int, args.batches.split(",")) for r in run_one(name, size, runtime, batch, args.keep)]
     write_results("latency_quick" if args.quick else "latency", rows, ["benchmarks/latency.py", *argv],
                   keep_others=True)
     print_table(rows, [("model", "model"), ("runtime", "runtime"), ("tool", "tool"),

@@ -1,13 +1,24 @@
 """Accuracy that survives little or no fine-tuning, on the committed Fashion-MNIST baselines (VGG-8,
 ResNet-56), at half and at a quarter of the MACs, Torch-Pruning 1.6.1 side by side at the same MACs.
 
-    python benchmarks/quality.py --only cut     # 1. right after the cut, without and with BN recalibration
-    python benchmarks/quality.py                # every section
+    python benchmarks/quality.py --only cut        # 1. right after the cut, without and with BN recalibration
+    python benchmarks/quality.py --only prepare    # 2-4: every row's model at a quarter of the MACs (CPU)
+    python benchmarks/quality.py --only finetune   # 2-4: fine-tune them (the GPU when there is one)
+    python benchmarks/quality.py --only report     # the tables from what the sections kept
 
 1. *cut*: every criterion (Random, L1, APoZ, Taylor, Taylor-2019, ThiNet, LASSO) and Torch-Pruning's
    L1, BN-scale and Taylor importances, each pruned once to the target; test accuracy of the model as
    cut, and after ``secateur.recalibrate_bn`` on 20 training batches of 128 (the same for every row,
    Torch-Pruning's models included: recalibration is the tool's, not the criterion's).
+
+2. *allocation* at a quarter of the MACs (L1 scores): uniform, global, Li's sensitivity ratios (curves
+   on 1,024 training images, the tolerance bisected to the budget), greedy and search
+   (``secateur.methods.allocate``), then ThiNet, LASSO and Torch-Pruning's three importances; each
+   fine-tuned 1 epoch (SGD lr 0.01, cosine, wd 1e-4), seed 0.
+3. *decide*: the best secateur row and Torch-Pruning's best again with seeds 1 and 2 (mean ± std), the
+   best secateur architecture trained from scratch (random init, the baseline's 15 epochs + 1 at lr
+   0.1, seeds 0-2) and fine-tuned with distillation from the baseline; a paired bootstrap (10,000
+   resamples of the 10,000 test images, correctness averaged over seeds) of each accuracy difference.
 
 Accuracy is on the full 10,000-image test split; calibration data (data criteria, ThiNet, LASSO) is
 1,000 training images. Each finished section is kept under benchmarks/.cache/full/ and skipped by a
@@ -21,7 +32,17 @@ import argparse
 import sys
 import time
 
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+import _quality_rows as q
 from datadriven import SEED, makers, measured, prepare, recalibrated_acc
+from secateur.data import fashion_mnist
 from secateur.methods import record
 from secateur.train import evaluate
 from training import X, baseline
@@ -29,7 +50,8 @@ from training import X, baseline
 TARGETS = (0.5, 0.25)
 OURS = ("random", "l1", "apoz", "taylor", "taylor2019", "thinet", "lasso")
 THEIRS = ("l1", "bnscale", "taylor")
-SECTIONS = ("cut",)
+SECTIONS = ("cut", "prepare", "finetune", "report")
+MODELS = ("vgg8", "resnet56")
 
 
 def cut(name, base, acc_base, calib, train, test) -> list[dict]:
@@ -50,19 +72,92 @@ def cut(name, base, acc_base, calib, train, test) -> list[dict]:
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections")
+    ap.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
+    ap.add_argument("--folder", type=Path, help="prepared models (default benchmarks/.cache/full/quality-models)")
+    ap.add_argument("--rows", type=Path, help="fine-tuned rows (default benchmarks/.cache/full/quality-finetune.json)")
+    ap.add_argument("--minutes", type=float, default=1e9, help="finetune: start no row after this many minutes")
+    ap.add_argument("--workers", type=int, default=0, help="finetune: data loader processes")
+    ap.add_argument("--quick", action="store_true", help="finetune: 1,024 training images, 1 scratch epoch (a dry run)")
     args = ap.parse_args(argv[1:])
+    sections = args.only or SECTIONS
     started = time.perf_counter()
     mode, B, ck, name, train, test, calib = prepare(False, "quality")
+    folder = args.folder or ck / "quality-models"
+    rows_file = args.rows or ck / "quality-finetune.json"
+    bases = {m: baseline(m, mode, train, test, B["base"]) for m in args.models}
     rows = []
-    for model in ("vgg8", "resnet56"):
-        base = baseline(model, mode, train, test, B["base"])
-        acc = evaluate(base, test)["acc"]
-        print(f"baseline {model}: test acc {acc:.4f}", flush=True)
-        if "cut" in (args.only or SECTIONS):
+    for model, base in bases.items():
+        if "cut" in sections:
+            acc = evaluate(base, test)["acc"]
             rows += _common.stage_rows(ck / f"quality-cut-{model}.rows.json",
                                        lambda: cut(model, base, acc, calib, train, test))
+        if "prepare" in sections:
+            q.prepare(model, base, calib, train, test, folder)
+    if "finetune" in sections:
+        data = fashion_mnist("train")
+        if args.quick:
+            data = torch.utils.data.Subset(data, range(1024))
+        loader = DataLoader(data, batch_size=128, shuffle=True, drop_last=True, num_workers=args.workers,
+                            persistent_workers=args.workers > 0)
+        q.finetune(folder, list(bases), lambda m: copy.deepcopy(bases[m]), loader,
+                   DataLoader(fashion_mnist("test"), batch_size=1000), rows_file, epochs=1,
+                   scratch_epochs=1 if args.quick else B["base"] + 1, deadline=time.time() + 60 * args.minutes)
+    if "report" in sections or "cut" in sections:
+        if rows_file.exists():
+            rows += decided(json.loads(rows_file.read_text()), folder)
         out = _common.write_results(name, rows, argv, keep_others=True)
-    report(rows, out, time.perf_counter() - started)
+        report(rows, out, time.perf_counter() - started)
+
+
+def decided(tuned: list[dict], folder: Path) -> list[dict]:
+    """Result rows from the fine-tuned ones: mean ± std over seeds per (model, row, variant), with the
+    prepared model's MACs and accuracy after the cut, and the paired bootstrap of the decisions."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in tuned):
+        manifest = {m["row"]: m for m in json.loads((folder / model / "manifest.json").read_text())}
+        groups = {}
+        for r in tuned:
+            if r["model"] == model:
+                groups.setdefault((r["row"], r["variant"]), []).append(r)
+        means = {}
+        for (row, variant), rs in groups.items():
+            tool, method = row.split("/")
+            accs = [r["acc"] for r in rs]
+            means[row, variant] = np.mean([q.unpack(r["correct"], 10_000) for r in rs], axis=0)
+            m = manifest[row]
+            out.append(_common.row(
+                model=model, tool=tool, method=f"{method} ({variant})", experiment="finetune",
+                target=m.get("target", {"macs": q.TARGET}), macs_ratio=m["macs_ratio"], params_ratio=m["params_ratio"],
+                latency_ratio=m.get("latency_ratio"),
+                acc_pruned=m["acc_pruned"], acc_recalibrated=m["acc_recalibrated"], acc_finetuned=float(np.mean(accs)),
+                acc_std=float(np.std(accs)) if len(accs) > 1 else None, seeds=[r["seed"] for r in rs],
+                finetune_epochs=rs[0]["epochs"], evaluations=m.get("evaluations"),
+                allocation_seconds=m.get("allocation_seconds")))
+        for ours, other in comparisons(means):
+            diff, lo, hi = _common.paired_bootstrap(means[ours], means[other])
+            out.append(_common.row(model=model, tool="secateur", method=f"{ours[0]} vs {other[0]} ({other[1]})",
+                                   experiment="bootstrap", target=None, acc_diff=diff, ci_low=lo, ci_high=hi,
+                                   decided=bool(lo > 0 or hi < 0)))
+    return out
+
+
+def comparisons(means: dict) -> list[tuple]:
+    """The pairs that decide a claim, as (row, variant) keys of ``means``: the best secateur row against
+    Torch-Pruning's best, from scratch and distilled; and at equal measured latency, the
+    latency-planned model against the MAC-planned one and Torch-Pruning's."""
+    def best(tool):
+        return max((k for k in means if k[0].startswith(tool + "/") and k[1] == "finetuned"),
+                   key=lambda k: means[k].mean(), default=None)
+    ours, pairs = best("secateur"), []
+    if ours:
+        pairs += [(ours, k) for k in (best("torch-pruning"), (ours[0], "scratch"), (ours[0], "distilled"))
+                  if k in means]
+    for row, variant in means:
+        if row.endswith("/secateur-latency"):
+            prefix = row.rsplit("/", 1)[0]
+            pairs += [((row, variant), (f"{prefix}/{t}", variant)) for t in ("secateur-macs", "torch-pruning")
+                      if (f"{prefix}/{t}", variant) in means]
+    return pairs
 
 
 def report(rows, out, seconds) -> None:
@@ -71,6 +166,17 @@ def report(rows, out, seconds) -> None:
                          ("method", "method"), ("MACs", "macs_ratio"), ("base", "acc_base"),
                          ("cut", "acc_pruned"), ("recalibrated", "acc_recalibrated"), ("error", "error")],
                         title="1. Accuracy right after the cut, without and with BN recalibration (no fine-tune)")
+    _common.print_table([r for r in rows if r.get("experiment") == "finetune"],
+                        [("model", "model"), ("tool", "tool"), ("row", "method"), ("MACs", "macs_ratio"),
+                         ("latency", "latency_ratio"), ("cut", "acc_pruned"), ("recal", "acc_recalibrated"),
+                         ("tuned", "acc_finetuned"),
+                         ("± std", "acc_std"), ("seeds", lambda r: len(r["seeds"])), ("evals", "evaluations"),
+                         ("alloc s", "allocation_seconds")],
+                        title=f"2-3. A quarter of the MACs, {q.FINETUNE.lr} lr fine-tune; from scratch; distilled")
+    _common.print_table([r for r in rows if r.get("experiment") == "bootstrap"],
+                        [("model", "model"), ("comparison", "method"), ("difference", "acc_diff"),
+                         ("95% CI low", "ci_low"), ("high", "ci_high"), ("decided", "decided")],
+                        title="Paired bootstrap over the 10,000 test images (correctness averaged over seeds)")
     print(f"\n{seconds / 60:.1f} min; written to {out}")
 
 

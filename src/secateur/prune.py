@@ -119,7 +119,8 @@ def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
     plan = replan(target.macs) if target.macs is not None else make_plan(graph, scores, target, facts)
     if target_latency is not None:
         return _cut_until(model, graph, replan, target.macs, plan, fold,
-                          runtimes.ratio_to(model, graph.example_inputs, runtime, threads=threads), band=(0.95, 1.05))
+                          runtimes.ratio_to(model, graph.example_inputs, runtime, threads=threads), band=(0.95, 1.05),
+                          timed=True)
     if target_macs is not None:
         base = _macs(model, graph)
         if abs(base - estimate_macs(graph, facts, {})) > 1e-3 * base:   # not all MACs are in conv/linear
@@ -134,19 +135,19 @@ def _macs(model: nn.Module, graph: Graph) -> int:
 
 
 def _cut_until(model, graph: Graph, replan, aim: float, plan: Plan, fold: bool, ratio_of, *,
-               band: tuple[float, float], tries: int = 5) -> nn.Module:
+               band: tuple[float, float], timed: bool = False, tries: int = 5) -> nn.Module:
     """Cut by ``plan``, measure ``ratio_of(cut)``; while it is outside ``aim`` times ``band``, plan
     again (``replan(goal)``) with the goal scaled by ``aim / ratio`` (the planner predicts conv and
     linear MACs or layer latencies; attention's matrix products or a whole runtime shrink
     differently). Returns the first cut within the band, else the closest (at or under the aim
-    preferred). A timed ratio (a band above 1) that lands in the band is timed once more and the two
-    averaged before it is accepted: one timing on a busy machine moves by a few per cent."""
+    preferred). A ``timed`` ratio that lands in the band is timed once more and the two averaged
+    before it is accepted: one timing on a busy machine moves by a few per cent; a timed miss warns."""
     goal = aim
     best = None
     for _ in range(tries):
         small = apply(copy.deepcopy(model), graph, plan, fold=fold)
         got = ratio_of(small)
-        if band[1] > 1.0 and band[0] * aim <= got <= band[1] * aim:
+        if timed and band[0] * aim <= got <= band[1] * aim:
             got = (got + ratio_of(small)) / 2
         rank = (band[0] * aim <= got <= band[1] * aim, got <= aim, -abs(got - aim))
         if best is None or rank > best[0]:
@@ -158,7 +159,7 @@ def _cut_until(model, graph: Graph, replan, aim: float, plan: Plan, fold: bool, 
             plan = replan(goal)
         except ValueError:
             break
-    if not best[0][0] and band[1] > 1.0:
+    if not best[0][0] and timed:
         warnings.warn(f"secateur.prune: measured {best[2]:.3f} of the baseline's latency, not within 5 % "
                       f"of target_latency={aim}; returning the closest cut", RuntimeWarning, stacklevel=3)
     return best[1]

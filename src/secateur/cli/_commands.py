@@ -6,15 +6,15 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from .. import models as _models
+from ..forward import with_batch
 from ..graph import trace
 from ..layers import handler_for, is_weighted
 from ..io import load
 from ..measure import measure as _measure
-from ..measure import table
-from ._compress import write_json
+from ..measure import macs_by_module, table
+from ._compress import need_matplotlib, write_json
 from ._errors import UsageError
 from ._models import build, load_weights
 from ._recipe import parse
@@ -65,17 +65,15 @@ def inspect(args) -> int:
 
 def layer_table(model: nn.Module, x: torch.Tensor) -> str:
     """Per conv/linear layer: widths, parameters and MACs (torch's FlopCounterMode, MACs = FLOPs / 2)."""
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(x)
-    flops = counter.get_flop_counts()
+    with torch.no_grad():
+        macs_of = macs_by_module(model, x)
     rows = [("layer", "type", "in → out", "params", "MACs")]
     for name, m in model.named_modules():
         if is_weighted(m):
             c_in, c_out, _ = handler_for(m).io(m)
             width = f"{c_in} → {c_out}"
-            macs = sum(flops.get(f"{type(model).__name__}.{name}", {}).values()) // 2
-            rows.append((name, type(m).__name__, width, f"{sum(p.numel() for p in m.parameters()):,}", f"{macs:,}"))
+            rows.append((name, type(m).__name__, width, f"{sum(p.numel() for p in m.parameters()):,}",
+                         f"{macs_of[name]:,}"))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     return "\n".join("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                      for r in rows)
@@ -85,14 +83,11 @@ def profile(args) -> int:
     from .. import runtimes
     runtimes.backend(args.runtime)   # a missing runtime is one line, before any work
     if args.plot is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise UsageError("--plot needs matplotlib: pip install 'secateur[report]'") from None
+        need_matplotlib("--plot needs")
         if args.plot.exists():
             raise UsageError(f"{args.plot} exists: choose another --plot file")
     model, x = _resolve(args)
-    x = x.expand(args.batch, *x.shape[1:]).contiguous()
+    x, = with_batch((x,), args.batch)
     rows, total = runtimes.profile(model, trace(model, x), args.runtime, threads=args.threads)
     print(runtimes.format_profile(rows, total, args.runtime, limit=args.top))
     if args.plot is not None:

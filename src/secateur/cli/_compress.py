@@ -78,11 +78,15 @@ def extras(recipe: Recipe) -> None:
             runtimes.backend(name)
         except ValueError as e:
             raise UsageError(f"{recipe.path.name}: {why}: {e}") from None
+    need_matplotlib("the report's plots need")
+
+
+def need_matplotlib(what: str) -> None:
+    """One line naming the extra when matplotlib does not import; ``what``: "the report's plots need"."""
     try:
         importlib.import_module("matplotlib")
     except ImportError as e:
-        raise UsageError(f"the report's plots need matplotlib, which does not import ({e}): "
-                         f"pip install 'secateur[report]'") from None
+        raise UsageError(f"{what} matplotlib, which does not import ({e}): pip install 'secateur[report]'") from None
 
 
 def run(recipe: Recipe, out: Path, *, force: bool = False, progress: bool = True, compile: bool = False) -> dict:

@@ -4,7 +4,7 @@
 ``table({"base": s0, "pruned": s1})`` an aligned before/after table.
 """
 
-from secateur.measure._measure import count_macs, count_params, measure
+from secateur.measure._measure import count_macs, count_params, macs_by_module, measure
 from secateur.measure.stats import Stats, table
 
-__all__ = ["Stats", "count_macs", "count_params", "measure", "table"]
+__all__ = ["Stats", "count_macs", "count_params", "macs_by_module", "measure", "table"]

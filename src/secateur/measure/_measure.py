@@ -36,6 +36,17 @@ def count_macs(model: nn.Module, inputs: Inputs | torch.Tensor) -> int:
     return counter.get_total_flops() // 2
 
 
+def macs_by_module(model: nn.Module, inputs: Inputs | torch.Tensor) -> dict[str, int]:
+    """MACs of one ``model(*inputs)`` per module name (its submodules' included; ``""`` is the whole
+    model), from the same counter as :func:`count_macs`. Run it under eval and ``no_grad``."""
+    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    with FlopCounterMode(display=False) as counter:
+        model(*inputs)
+    flops, root = counter.get_flop_counts(), type(model).__name__
+    return {name: sum(flops.get(f"{root}.{name}" if name else root, {}).values()) // 2
+            for name, _ in model.named_modules()}
+
+
 _warned_wait_policy = False
 
 

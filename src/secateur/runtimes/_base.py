@@ -176,11 +176,16 @@ def ratio_to(model: nn.Module, example_inputs, runtime: str = "torch", *, thread
     repeats = max(10, min(500, int(seconds * 1e3 / max(base.latency(repeats=5, warmup=2), 1e-3))))
 
     def ratio(small: nn.Module) -> float:
-        cut = prepare(small, example_inputs, runtime, threads=threads)
-        times = [(cut.latency(repeats=repeats, warmup=2), base.latency(repeats=repeats, warmup=2))
-                 for _ in range(rounds)]
-        return statistics.median(t[0] for t in times) / statistics.median(t[1] for t in times)
+        cut, whole = alternating([prepare(small, example_inputs, runtime, threads=threads), base], repeats, rounds)
+        return cut / whole
     return ratio
+
+
+def alternating(prepared: list, repeats: int, rounds: int) -> list[float]:
+    """Median latency of each prepared model, timed in ``rounds`` rounds that take the models in
+    turn (``repeats`` runs each), so that a machine's drift falls on all of them alike."""
+    times = [[p.latency(repeats=repeats, warmup=2) for p in prepared] for _ in range(rounds)]
+    return [statistics.median(t[i] for t in times) for i in range(len(prepared))]
 
 
 def measured_ratio(model: nn.Module, small: nn.Module, example_inputs, runtime: str = "torch", *,

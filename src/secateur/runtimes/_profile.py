@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..forward import inference
+from ..measure import macs_by_module
 from ._tables import latency_table
 
 
@@ -40,7 +40,6 @@ def profile(model: nn.Module, graph, runtime: str = "torch", *, threads: int = 1
     """Per-layer profile of ``model`` (``graph`` = ``secateur.trace(model, x)``) on ``runtime``, and the
     model's predicted latency in ms. Layers are listed by latency, slowest first."""
     table = latency_table(model, graph, runtime, threads=threads, points=1, progress=progress)
-    counter = FlopCounterMode(display=False)
     moved: dict[str, int] = {}
 
     def hook(name):
@@ -50,13 +49,13 @@ def profile(model: nn.Module, graph, runtime: str = "torch", *, threads: int = 1
         return record
     hooks = [m.register_forward_hook(hook(name)) for name, m in model.named_modules() if name in table.curves]
     try:
-        with inference(model, None), counter:
+        with inference(model, None):
             model(*graph.example_inputs)
     finally:
         for h in hooks:
             h.remove()
-    flops = counter.get_flop_counts()
-    macs = {name: sum(flops.get(f"{type(model).__name__}.{name}", {}).values()) // 2 for name in table.curves}
+    with inference(model, None):
+        macs = {name: n for name, n in macs_by_module(model, graph.example_inputs).items() if name in table.curves}
     total_ms, total_macs = table.total(), max(sum(macs.values()), 1)
     ms = {name: table.scale * curve.full for name, curve in table.curves.items()}
     speed = [2 * macs[n] / ms[n] for n in ms if ms[n] > 0]

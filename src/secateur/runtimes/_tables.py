@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..forward import inference
-from ._base import backend, prepare
+from ._base import alternating, backend, prepare
 
 
 @dataclass
@@ -256,15 +256,13 @@ def _fit(table: LatencyTable, model: nn.Module, graph, runtime: str, threads: in
     """Set ``scale`` and ``fixed`` from the whole model at full width and at half width, timed in
     alternating rounds (medians), so that a machine's drift cancels."""
     import copy
-    import statistics
     from ..plan import Plan
     from ..surgery import apply
     full = table.predict(model)
     half = apply(copy.deepcopy(model), graph,
                  Plan.from_masks({g.index: np.arange(g.size) >= g.size // 2 for g in graph.prunable}))
-    pair = [prepare(m, graph.example_inputs, runtime, threads=threads) for m in (model, half)]
-    rounds = [[p.latency(repeats=repeats, warmup=2) for p in pair] for _ in range(3)]
-    whole, small = (statistics.median(r[i] for r in rounds) for i in (0, 1))
+    whole, small = alternating([prepare(m, graph.example_inputs, runtime, threads=threads) for m in (model, half)],
+                               repeats, rounds=3)
     part = table.predict(half)
     scale = (whole - small) / (full - part) if full > part and whole > small else whole / max(full, 1e-9)
     table.scale = max(scale, 1e-6)

@@ -1,0 +1,184 @@
+"""The fine-tuned rows of benchmarks/quality.py, in two phases that may run on different machines.
+
+*prepare* (CPU, here): every row's pruned model at a quarter of the MACs, saved with
+``secateur.save`` under a folder with a ``manifest.json`` (MACs, params, accuracy right after the cut
+and after BN recalibration, what choosing the allocation cost). *finetune* (any device; the GPU when
+there is one): each model fine-tuned the same way, then the rows that decide a claim again with more
+seeds, the best row trained from scratch, and the best row with distillation; every row keeps the
+per-image correctness on the test split (hex of packed bits) for the paired bootstrap. Rows are
+written after each one, and a rerun skips the rows already in the file.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import _common
+import secateur
+from datadriven import SEED, layerwise, recalibrated_acc, tp_at_macs
+from secateur.criteria import L1
+from secateur.methods import allocate, record, sensitivity, sensitivity_ratios
+from secateur.train import Distill, Optim, fit
+from training import X
+
+TARGET = 0.25
+SECATEUR_ROWS = ("uniform", "global", "sensitivity", "greedy", "search", "thinet", "lasso")
+TP_ROWS = ("l1", "bnscale", "taylor")
+FINETUNE = Optim(lr=0.01, weight_decay=1e-4)     # every row, as in datadriven.py and training.py
+SCRATCH = Optim(lr=0.1, weight_decay=5e-4)       # the baselines' own schedule
+SEEDS = (0, 1, 2)
+
+
+def _scored(train, batches: int = 8) -> list:
+    torch.manual_seed(SEED)
+    return [b for _, b in zip(range(batches), train)]
+
+
+def _sensitivity_at(base, train, macs0) -> tuple[nn.Module, dict]:
+    """Li et al.'s ratios (largest rate within a tolerance, per layer) with the tolerance bisected
+    until the model keeps at most TARGET of the MACs; curves scored on training batches, no recal."""
+    curves = sensitivity(base, X, _scored(train), progress=False)
+    lo, hi = 0.0, 1.0
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        ratios = sensitivity_ratios(curves, tolerance=mid)
+        small = secateur.prune(base, X, L1(), amount=ratios, progress=False) if ratios else base
+        lo, hi = (lo, mid) if record("s", small, X)["macs"] <= TARGET * macs0 else (mid, hi)
+    ratios = sensitivity_ratios(curves, tolerance=hi)
+    return secateur.prune(base, X, L1(), amount=ratios, progress=False), {"tolerance": hi}
+
+
+def _make(row: str, base, calib, train, macs0) -> tuple[nn.Module, dict]:
+    tool, method = row.split("/")
+    if tool == "torch-pruning":
+        model, ratio = tp_at_macs(base, method, calib, macs0, TARGET)
+        return model, {"pruning_ratio": ratio}
+    if method in ("thinet", "lasso"):
+        return layerwise(method, base, calib, macs=TARGET), {}
+    if method == "sensitivity":
+        return _sensitivity_at(base, train, macs0)
+    if method in ("greedy", "search"):
+        found = allocate(base, X, L1(), macs=TARGET, loader=train, strategy=method, progress=False)
+        return (secateur.prune(base, X, L1(), amount=found.layers, progress=False),
+                {"evaluations": found.evaluations, "allocation_seconds": found.seconds})
+    return secateur.prune(base, X, L1(), target_macs=TARGET, global_ranking=method == "global", progress=False), {}
+
+
+def prepare(name: str, base, calib, train, test, folder: Path) -> list[dict]:
+    """Prune ``base`` for every row and save the models under ``folder/name``; returns the manifest."""
+    path = folder / name / "manifest.json"
+    rows = json.loads(path.read_text()) if path.exists() else []
+    done = {r["row"] for r in rows}
+    b = record("baseline", base, X)
+    for row in [f"secateur/{m}" for m in SECATEUR_ROWS] + [f"torch-pruning/{m}" for m in TP_ROWS]:
+        if row in done:
+            continue
+        start = time.perf_counter()
+        small, extra = _make(row, base, calib, train, b["macs"])
+        p = record("pruned", small, X, test)
+        add_to_manifest(folder, name, row, small, dict(
+            macs_ratio=p["macs"] / b["macs"], params_ratio=p["params"] / b["params"], acc_pruned=p["acc"],
+            acc_recalibrated=recalibrated_acc(small, train, test), seconds=time.perf_counter() - start, **extra))
+    return json.loads(path.read_text())
+
+
+def add_to_manifest(folder: Path, name: str, row: str, small: nn.Module, fields: dict) -> None:
+    """Save ``small`` as row ``row`` of model ``name`` (checked by loading it back the way finetune
+    will) and add its fields to ``folder/name/manifest.json``, replacing an earlier row of that name."""
+    secateur.save(small.cpu(), folder / name / row.replace("/", "-"), overwrite=True)
+    again = load(folder, name, row)
+    x = torch.randn(4, *X.shape[1:])
+    torch.testing.assert_close(again.eval()(x), small.eval()(x))
+    path = folder / name / "manifest.json"
+    rows = [r for r in json.loads(path.read_text()) if r["row"] != row] if path.exists() else []
+    _common._dump(path, rows + [dict(row=row, **fields)], indent=1)
+    print(f"kept {name} {row}: {fields}", flush=True)
+
+
+def load(folder: Path, name: str, row: str) -> nn.Module:
+    fresh = secateur.models.create_model(name, in_channels=1)
+    return secateur.load(folder / name / row.replace("/", "-"), model=fresh)
+
+
+def correctness(model: nn.Module, test) -> np.ndarray:
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad(), secateur.forward.eval_mode(model):
+        for x, y in test:
+            out.append((model(x.to(device)).argmax(1).cpu() == y).numpy())
+    return np.concatenate(out)
+
+
+def _pack(ok: np.ndarray) -> str:
+    return np.packbits(ok).tobytes().hex()
+
+
+def unpack(hex_bits: str, n: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(bytes.fromhex(hex_bits), np.uint8))[:n].astype(bool)
+
+
+def _fresh(model: nn.Module) -> nn.Module:
+    """The same architecture, every parameter and statistic re-initialised (Liu et al.'s control)."""
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+    return model
+
+
+def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, scratch_epochs: int,
+             deadline: float) -> list[dict]:
+    """Fine-tune every prepared row (seed 0), then distillation for each model's best secateur row,
+    the seeds 1-2 of the best secateur and Torch-Pruning rows, and the best secateur architecture
+    trained from scratch for ``scratch_epochs`` (seeds 0-2), until ``deadline`` (time.time())."""
+    rows = json.loads(out.read_text()) if out.exists() else []
+    done = {(r["model"], r["row"], r["variant"], r["seed"]) for r in rows}
+
+    def run(name, row, variant, seed, make):
+        if (name, row, variant, seed) in done or time.time() > deadline:
+            return
+        start = time.perf_counter()
+        torch.manual_seed(seed)                    # a from-scratch row's initial weights too
+        model, optim, n, callbacks = make()
+        hist = fit(model, train, epochs=n, optim=optim, seed=seed, progress=False, callbacks=callbacks)
+        ok = correctness(model, test)
+        rows.append(dict(model=name, row=row, variant=variant, seed=seed, epochs=n, acc=float(ok.mean()),
+                         train_loss=hist[-1]["loss"], seconds=time.perf_counter() - start, correct=_pack(ok)))
+        _common._dump(out, rows, indent=1)
+        print(f"finetune {name} {row} {variant} seed {seed}: {ok.mean():.4f} ({time.perf_counter() - start:.0f} s)",
+              flush=True)
+
+    def best(name, tool):
+        seed0 = [r for r in rows if r["model"] == name and r["variant"] == "finetuned" and r["seed"] == 0
+                 and r["row"].startswith(tool + "/")]
+        return max(seed0, key=lambda r: r["acc"])["row"] if seed0 else None
+
+    manifests = {n: json.loads((folder / n / "manifest.json").read_text()) for n in names}
+    for name in names:
+        for m in manifests[name]:
+            run(name, m["row"], "finetuned", 0, lambda: (load(folder, name, m["row"]), FINETUNE, epochs, []))
+    for name in names:
+        ours, theirs = best(name, "secateur"), best(name, "torch-pruning")
+        if ours is None:
+            continue
+        run(name, ours, "distilled", 0,
+            lambda: (load(folder, name, ours), FINETUNE, epochs, [Distill(base_of(name))]))
+        for seed in SEEDS[1:]:
+            for row in (ours, theirs):
+                if row is not None:
+                    run(name, row, "finetuned", seed, lambda: (load(folder, name, row), FINETUNE, epochs, []))
+    for seed in SEEDS:
+        for name in names:
+            ours = best(name, "secateur")
+            if ours is not None:
+                run(name, ours, "scratch", seed,
+                    lambda: (_fresh(load(folder, name, ours)), SCRATCH, scratch_epochs, []))
+    return rows
