@@ -112,6 +112,16 @@ def with_batch(inputs: Inputs, batch: int) -> Inputs:
     return tuple(resized(x) for x in inputs)
 
 
+def scale_error(out, ref) -> tuple[float, float, float]:
+    """``(rel, diff, scale)`` of two same-shaped arrays: ``diff = max|out - ref|``, ``scale = max|ref|``
+    and ``rel = diff / scale`` (0 when both are 0), the error relative to the output's scale (elementwise
+    ratios blow up on values near 0)."""
+    import numpy as np
+    o, r = np.asarray(out, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    diff, scale = float(np.abs(o - r).max(initial=0.0)), float(np.abs(r).max(initial=0.0))
+    return (diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))), diff, scale
+
+
 def model_device(model: nn.Module) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device

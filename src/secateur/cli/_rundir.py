@@ -12,10 +12,9 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
-from ..io import atomic_file
+from ..io import atomic_file, remove
 from ._errors import UsageError
 
 STAMP = ".secateur-run.json"
@@ -51,7 +50,7 @@ def _remove(out: Path, stages: tuple[str, ...]) -> list[str]:
     gone = []
     for entry in sorted(out.iterdir()):
         if _ours(entry.name, stages) and entry.name != STAMP:
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            remove(entry)
             gone.append(entry.name)
     return gone
 

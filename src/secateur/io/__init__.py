@@ -11,7 +11,7 @@ ONNX (needs ``pip install 'secateur[onnx]'``): ``export_onnx``, ``check_onnx``, 
 the complete new one, never a mix (every file secateur writes goes through them).
 """
 
-from secateur.io._atomic import atomic_dir, atomic_file
+from secateur.io._atomic import atomic_dir, atomic_file, remove
 from secateur.io._checkpoint import LoadError, load_state_dict_file, read_header, read_safetensors
 from secateur.io._pruned import load, save
 from secateur.io._sparse import load_sparse, save_sparse, sparse_bytes
@@ -29,6 +29,6 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'secateur.io' has no attribute {name!r}")
 
 
-__all__ = ["LoadError", "OnnxError", "atomic_dir", "atomic_file", "check_onnx", "export_onnx", "load", "load_sparse", "load_state_dict_file",
+__all__ = ["LoadError", "OnnxError", "atomic_dir", "atomic_file", "remove", "check_onnx", "export_onnx", "load", "load_sparse", "load_state_dict_file",
            "ort_accuracy", "ort_latency", "quantize_int8", "read_header", "read_safetensors", "save", "save_sparse", "serialized_size", "shippable_state_dict",
            "sparse_bytes", "to_fp16"]

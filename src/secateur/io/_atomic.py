@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_dir", "atomic_file"]
+__all__ = ["atomic_dir", "atomic_file", "remove"]
 
 
 def _fsync(path: Path) -> None:
@@ -38,7 +38,8 @@ def _publish(path: Path) -> None:
     _fsync(path)
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path) -> None:
+    """Delete a file, a link or a folder tree (only ever what secateur wrote)."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:
@@ -88,7 +89,7 @@ def _swap(new: Path, target: Path) -> None:
     except BaseException:
         os.replace(old, target)
         raise
-    _remove(old)
+    remove(old)
 
 
 @contextmanager

@@ -33,7 +33,7 @@ from torch import nn
 from secateur.io._atomic import atomic_file
 from secateur.io._checkpoint import LoadError
 from secateur.forward import as_inputs, first_line, inference, model_device, time_forward
-from secateur.forward import checked_forward
+from secateur.forward import checked_forward, scale_error
 
 __all__ = ["OnnxError", "check_onnx", "export_onnx", "ort_accuracy", "ort_latency", "quantize_int8", "to_fp16"]
 
@@ -226,8 +226,7 @@ def check_onnx(path: PathLike, model: nn.Module, example_inputs: torch.Tensor | 
         if o.shape != r.shape:
             raise OnnxError(f"{path}: output {i} has shape {o.shape} but PyTorch gives {r.shape}; "
                             "export this model again")
-        diff, scale = float(np.abs(o - r).max(initial=0.0)), float(np.abs(r).max(initial=0.0))
-        rel = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
+        rel, diff, scale = scale_error(o, r)
         if not np.isfinite(diff) or diff > atol + rtol * scale:
             raise OnnxError(f"{path}: output {i} differs from {type(model).__name__} by relative error "
                             f"{rel:.3g} (max abs {diff:.3g}) > rtol {rtol:g} + atol {atol:g}; the file is "

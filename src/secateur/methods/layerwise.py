@@ -29,6 +29,7 @@ from ..criteria import thinet as _thinet
 from ..criteria import consumers, readable, sample
 from ..graph import ChannelGroup, Graph, Role, trace
 from ..plan import Plan, Target, estimate_cost, layer_facts, make_plan, site_masks
+from ..runtimes import backend, latency_table, measured_ratio
 from ..surgery import apply
 from ..train import Optim
 from ._common import Result, Stages, check_epochs, record
@@ -97,7 +98,6 @@ def _run(model, data, x, config: _Layerwise, step, *, train_loader=None, eval_lo
     if (config.layer_epochs or config.finetune_epochs) and train_loader is None:
         raise ValueError("fine-tuning epochs were asked for but no train_loader= was given")
     if config.latency is not None:
-        from ..runtimes import backend
         backend(config.runtime)   # a missing runtime is one line, before any work
     teacher, model = model, copy.deepcopy(model)
     stages = Stages(**{**how, "seed": config.seed})
@@ -120,7 +120,6 @@ def _run(model, data, x, config: _Layerwise, step, *, train_loader=None, eval_lo
         result.records.append(record("layer", model, x, None, layer=name, kept=len(kept), of=group.size))
     timing = {}
     if config.latency is not None:
-        from ..runtimes import measured_ratio
         timing = dict(latency_predicted=predicted, latency_measured=measured_ratio(original, model, x, config.runtime,
                                                                                    threads=config.threads))
     model = stages.cut(result, model, x, train_loader if train_loader is not None else data, eval_loader, **timing)
@@ -171,7 +170,6 @@ def _keep_counts(model: nn.Module, x, config: _Layerwise, progress: bool = True)
     if config.latency is None:
         plan = plan_at(amount=config.amount, macs=config.macs)
     else:
-        from ..runtimes import latency_table
         table = latency_table(model, graph, config.runtime, threads=config.threads, progress=progress)
         full = table.total()
 
@@ -179,9 +177,10 @@ def _keep_counts(model: nn.Module, x, config: _Layerwise, progress: bool = True)
             return (estimate_cost(graph, facts, site_masks(graph, p.unit_masks(graph)), table.layer) + table.fixed) / full
         lo, hi = 0.0, 0.99
         plan = plan_at(amount=hi)
-        if ratio(plan) > config.latency:
+        least = ratio(plan)
+        if least > config.latency:
             raise ValueError(f"latency={config.latency} is out of reach by cutting only the chosen layers: at 99 % "
-                             f"of their channels the predicted latency is {ratio(plan):.3f} of the original")
+                             f"of their channels the predicted latency is {least:.3f} of the original")
         for _ in range(20):   # the predicted latency falls as the rate grows
             mid = (lo + hi) / 2
             candidate = plan_at(amount=mid)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..forward import as_inputs, checked_forward, flat_tensors, inference, time_forward
+from ..forward import as_inputs, checked_forward, flat_tensors, inference, scale_error, time_forward
 
 Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
 
@@ -157,8 +157,7 @@ def agree(outs: list, refs: list[np.ndarray], where: str, rtol: float) -> float:
             o = o.reshape(ref.shape)   # runtimes that drop or add unit dims
         if o.shape != ref.shape:
             raise RuntimeMismatch(f"{where}: output {i} has shape {o.shape} where PyTorch gives {ref.shape}")
-        diff, scale = float(np.abs(o - ref).max(initial=0.0)), float(np.abs(ref).max(initial=0.0))
-        rel = diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
+        rel = scale_error(o, ref)[0]
         if not rel <= rtol:
             raise RuntimeMismatch(f"{where}: output {i} differs from PyTorch by {rel:.3g} of its scale "
                                   f"(allowed {rtol:g}); this runtime cannot run the model faithfully")
