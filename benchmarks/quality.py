@@ -119,8 +119,9 @@ def decided(tuned: list[dict], folder: Path) -> list[dict]:
         for r in tuned:
             if r["model"] == model:
                 groups.setdefault((r["row"], r["variant"]), []).append(r)
-        means = {}
+        means, first = {}, {}
         for (row, variant), rs in groups.items():
+            first[row, variant] = next((r["acc"] for r in rs if r["seed"] == 0), 0.0)
             tool, method = row.split("/")
             accs = [r["acc"] for r in rs]
             means[row, variant] = np.mean([q.unpack(r["correct"], 10_000) for r in rs], axis=0)
@@ -133,7 +134,7 @@ def decided(tuned: list[dict], folder: Path) -> list[dict]:
                 acc_std=float(np.std(accs)) if len(accs) > 1 else None, seeds=[r["seed"] for r in rs],
                 finetune_epochs=rs[0]["epochs"], evaluations=m.get("evaluations"),
                 allocation_seconds=m.get("allocation_seconds")))
-        for ours, other in comparisons(means):
+        for ours, other in comparisons(first):
             diff, lo, hi = _common.paired_bootstrap(means[ours], means[other])
             out.append(_common.row(model=model, tool="secateur", method=f"{ours[0]} vs {other[0]} ({other[1]})",
                                    experiment="bootstrap", target=None, acc_diff=diff, ci_low=lo, ci_high=hi,
@@ -142,12 +143,13 @@ def decided(tuned: list[dict], folder: Path) -> list[dict]:
 
 
 def comparisons(means: dict) -> list[tuple]:
-    """The pairs that decide a claim, as (row, variant) keys of ``means``: the best secateur row against
-    Torch-Pruning's best, from scratch and distilled; and at equal measured latency, the
-    latency-planned model against the MAC-planned one and Torch-Pruning's."""
+    """The pairs that decide a claim, as (row, variant) keys of ``means`` (seed-0 accuracy by key): the
+    best secateur row (by seed 0, as the fine-tune chose it) against Torch-Pruning's best, from scratch
+    and distilled; and at equal measured latency, the latency-planned model against the MAC-planned
+    one and Torch-Pruning's."""
     def best(tool):
         return max((k for k in means if k[0].startswith(tool + "/") and k[1] == "finetuned"),
-                   key=lambda k: means[k].mean(), default=None)
+                   key=lambda k: means[k], default=None)
     ours, pairs = best("secateur"), []
     if ours:
         pairs += [(ours, k) for k in (best("torch-pruning"), (ours[0], "scratch"), (ours[0], "distilled"))

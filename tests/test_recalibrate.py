@@ -119,3 +119,23 @@ def test_a_model_without_batchnorm_comes_back_as_it_was():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())
     out = secateur.recalibrate_bn(model, TensorDataset(torch.zeros(2, 1, 4, 4)), batches=1)
     assert out is not model and torch.equal(out[0].weight, model[0].weight)
+
+
+@pytest.mark.slow
+def test_recording_under_torchrun_gives_what_one_process_gives(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import safetensors.torch
+    from _ddp_record import results
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(Path(__file__).parent / "_ddp_record.py"), str(tmp_path / "scores.safetensors")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shared, alone = safetensors.torch.load_file(tmp_path / "scores.safetensors"), results()
+    assert sorted(shared) == sorted(alone) and len(alone) >= 14
+    assert 2 * shared.pop("forwards") == alone.pop("forwards") > 0    # each process ran half the batches
+    for k, v in alone.items():
+        torch.testing.assert_close(shared[k], v, rtol=1e-6, atol=1e-9, msg=k)

@@ -11,6 +11,7 @@ A tap is any object with ``forward(inputs, output)`` and, for gradients, ``backw
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -21,6 +22,7 @@ from torch import nn
 
 from ..forward import eval_mode
 from ..layers import Norm, Weighted, handler_for
+from ..train import processes, summed
 
 
 class CalibrationError(ValueError):
@@ -89,14 +91,18 @@ def stream(model: nn.Module, loader: Iterable, *, backward: bool = False, input_
         output gradients. The model's ``.grad`` fields are restored afterwards and its train/eval
         mode too: the caller's model is left as it was.
     input_shape: the traced input shape (batch dim ignored); a batch of another shape is refused.
+    Under ``torchrun`` each process runs every world-th batch (process ``rank`` from batch ``rank``),
+    and the images seen are counted over all of them; the taps then hold each process's share, which
+    the caller sums (``secateur.train.all_sum``).
     """
     params = list(model.parameters())
     device = params[0].device if params else torch.device("cpu")
     saved = [p.grad for p in params]
     seen = 0
+    rank, world = processes()
     with eval_mode(model):
         try:
-            for x, y in _batches(loader):
+            for x, y in itertools.islice(_batches(loader), rank, None, world):
                 if input_shape is not None and tuple(x.shape[1:]) != tuple(input_shape[1:]):
                     raise CalibrationError(f"calibration batch has shape {tuple(x.shape)} but the model was traced "
                                            f"with inputs of shape (N, {', '.join(map(str, input_shape[1:]))})")
@@ -119,6 +125,7 @@ def stream(model: nn.Module, loader: Iterable, *, backward: bool = False, input_
         finally:
             for p, g in zip(params, saved):
                 p.grad = g
+    seen = summed(seen)
     if not seen:
         raise CalibrationError("the calibration loader yielded no batches; give it at least one image "
                                "(e.g. secateur.data.calibration(dataset, n=256))")

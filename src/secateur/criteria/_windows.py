@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..graph import ChannelGroup, Role
+from ..train import all_sum, processes
 from ._record import CalibrationError, stream, taps
 
 
@@ -97,12 +98,13 @@ class WindowTap:
                  sink, seed: tuple[int, ...], pairs: bool = False):
         self.name, self.layer, self.samples, self.images, self.sink, self.seed = name, layer, samples, images, sink, seed
         self.pos = torch.as_tensor(positions, dtype=torch.long)
-        self.pairs, self.batch, self.k = pairs, 0, None
+        self.pairs, self.k = pairs, None
+        self.batch, self.step = processes()   # the global batch index: under torchrun, every world-th
 
     def forward(self, inputs, output):
         x, n = inputs[0], inputs[0].shape[0]
         rng = np.random.default_rng([*self.seed, self.batch])
-        self.batch += 1
+        self.batch += self.step
         if isinstance(self.layer, nn.Linear):
             x, output = x.reshape(n, -1, x.shape[-1]).transpose(1, 2), output.reshape(n, -1, output.shape[-1]).transpose(1, 2)
         d_out, locs = output.shape[1], int(np.prod(output.shape[2:]))
@@ -191,6 +193,8 @@ def sample(model: nn.Module, data, items, *, samples: int | None, seed: int, inp
         fans.setdefault(c.name, []).append(tap)
     with taps(model, {name: _Fan(ts) for name, ts in fans.items()}):
         stream(model, data, input_shape=input_shape)
+    for _, sink in items:   # under torchrun: each process's share of the sums, summed
+        all_sum(sink, getattr(sink, "SUMS", ()))
 
 
 def unit_sum(values: torch.Tensor, unit: np.ndarray, units: int) -> torch.Tensor:

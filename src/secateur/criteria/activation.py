@@ -23,6 +23,7 @@ from torch import nn
 
 from ..graph import ChannelGroup, Member, Role, Site
 from ._base import SiteCriterion, out_rows
+from ..train import all_sum
 from ._record import channel_dim, stream, taps
 
 _BN = (nn.modules.batchnorm._BatchNorm,)
@@ -76,6 +77,8 @@ def _record(model: nn.Module, graph, data, make_tap, *, backward: bool, out_only
             if hasattr(r, "__enter__"):
                 stack.enter_context(r)
         stream(model, data, backward=backward, input_shape=graph.input_shapes[0])
+    for r in recorders.values():   # under torchrun: each process's share, summed
+        all_sum(r, r.SUMS)
     results = {n: r.result() for n, r in recorders.items()}
     return {n: s for n, s in results.items() if s is not None}
 
@@ -88,6 +91,8 @@ class _DataCriterion:
 
 class _Zeros:
     """Per channel: how many values were <= 0, and how many values there were."""
+
+    SUMS = ("zeros", "n")
 
     def __init__(self, module: nn.Module):
         self.dim, self.zeros, self.n = channel_dim(module), None, 0
@@ -119,6 +124,8 @@ class APoZ(_DataCriterion):
 
 class _Taylor:
     """Per channel, the mean over batches of ``|mean over positions (z * dL/dz)|``."""
+
+    SUMS = ("total", "n")
 
     def __init__(self, module: nn.Module):
         self.dim, self.total, self.n = channel_dim(module), None, 0
@@ -158,6 +165,8 @@ class _WeightTaylor:
 
     Hooks the parameters themselves (a leaf's hook sees the batch's whole gradient once, however many
     times the layer ran); while recording, they require grad even if the caller froze them."""
+
+    SUMS = ("total", "n")
 
     def __init__(self, module: nn.Module):
         self.module, self.total, self.n, self._undo = module, None, 0, []

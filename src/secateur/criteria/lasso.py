@@ -35,6 +35,8 @@ class LassoSink:
     current contribution is the target (selection only).
     """
 
+    SUMS = ("c", "d", "n")   # running sums over the data, summed over processes under torchrun
+
     def __init__(self, layer: nn.Module, consumer: Consumer, units: int, targets: list | None = None):
         w = weight_matrix(layer)[:, torch.as_tensor(consumer.positions, dtype=torch.long)]
         self.k = w.shape[2]

@@ -69,6 +69,8 @@ def scales(gram: torch.Tensor, keep: np.ndarray) -> torch.Tensor:
 class GramSink:
     """Accumulates ThiNet's ``X^T X`` for one consumer of one group."""
 
+    SUMS = ("gram", "m")   # running sums over the data, summed over processes under torchrun
+
     def __init__(self, layer: nn.Module, consumer: Consumer, units: int):
         self.w = weight_matrix(layer)[:, torch.as_tensor(consumer.positions, dtype=torch.long)].float()
         self.unit, self.units, self.gram, self.m = consumer.unit, units, None, 0

@@ -7,8 +7,10 @@ callbacks that methods add to a step (sparsity, proximal steps, masks, distillat
     print(history[-1]["eval_acc"])
 """
 from ._callbacks import Callback
+from ._dist import all_sum, summed
+from ._dist import init as processes
 from ._distill import Distill
 from ._fit import Diverged, Optim, default_device, evaluate, fit
 from ._recalibrate import recalibrate_bn
 
-__all__ = ["Callback", "Distill", "Diverged", "Optim", "default_device", "evaluate", "fit", "recalibrate_bn"]
+__all__ = ["all_sum", "processes", "summed", "Callback", "Distill", "Diverged", "Optim", "default_device", "evaluate", "fit", "recalibrate_bn"]

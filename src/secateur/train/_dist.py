@@ -44,3 +44,26 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
 def barrier(world: int) -> None:
     if world > 1:
         dist.barrier()
+
+
+def summed(value):
+    """Under torchrun, ``value`` (a tensor, summed in place, or a number) summed over the processes;
+    else ``value`` itself."""
+    if init()[1] == 1:
+        return value
+    if value is None:
+        raise ValueError("under torchrun every process must see at least one batch: give the loader at least "
+                         "as many batches as there are processes")
+    if torch.is_tensor(value):
+        dist.all_reduce(value)
+        return value
+    total = torch.tensor(float(value), dtype=torch.float64)
+    dist.all_reduce(total)
+    return type(value)(total.item())
+
+
+def all_sum(obj, names: tuple[str, ...]) -> None:
+    """Replace each named attribute of ``obj`` (a running sum one process kept over its share of the
+    data) by :func:`summed` of it."""
+    for name in names:
+        setattr(obj, name, summed(getattr(obj, name)))

@@ -12,10 +12,10 @@ import copy as _copy
 import itertools
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from ..forward import model_device
+from ._dist import init, summed
 from ._fit import auto_channels_last
 
 BN = nn.modules.batchnorm._BatchNorm
@@ -27,7 +27,7 @@ def recalibrate_bn(model: nn.Module, loader, *, batches: int = 20, copy: bool = 
     exact average of the batch means and variances (momentum ``None``), every other layer in eval mode
     (dropout off), under ``torch.no_grad``. Weights, momentum and every module's train/eval flag are
     as they were. A batch is ``(images, labels)`` or images alone. Under ``torchrun`` each process
-    reads its own batches and the statistics are averaged over the processes.
+    runs every world-th of those batches and the statistics are combined: the same as one process.
     A model without BatchNorm comes back unchanged."""
     if not (isinstance(batches, int) and not isinstance(batches, bool) and batches > 0):
         raise ValueError(f"recalibrate_bn: batches={batches!r} must be an integer > 0")
@@ -46,8 +46,9 @@ def recalibrate_bn(model: nn.Module, loader, *, batches: int = 20, copy: bool = 
             m.reset_running_stats()
             m.momentum = None
             m.train()
+        rank, world = init()
         with torch.no_grad():
-            for batch in itertools.islice(loader, batches):
+            for batch in itertools.islice(loader, rank, batches, world):
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
                 x = x.to(device)
                 if channels_last and x.dim() == 4:
@@ -59,17 +60,11 @@ def recalibrate_bn(model: nn.Module, loader, *, batches: int = 20, copy: bool = 
             m.momentum = momentum
         for m, training in flags.items():
             m.train(training)
-    if seen == 0:
+    total = summed(seen)
+    if total == 0:
         raise ValueError("recalibrate_bn: the loader yielded no batches")
-    _average_over_processes(bns)
+    if total != seen:   # under torchrun: each process's average over its batches, weighted by their count
+        for m in bns:
+            for stat in (m.running_mean, m.running_var):
+                stat.copy_(summed(stat * seen) / total)
     return net
-
-
-def _average_over_processes(bns: list) -> None:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    world = dist.get_world_size()
-    for m in bns:
-        for stat in (m.running_mean, m.running_var):
-            dist.all_reduce(stat)
-            stat.div_(world)
