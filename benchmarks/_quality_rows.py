@@ -135,10 +135,11 @@ def _fresh(model: nn.Module) -> nn.Module:
 
 
 def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, scratch_epochs: int,
-             deadline: float) -> list[dict]:
-    """Fine-tune every prepared row (seed 0), then distillation for each model's best secateur row,
-    the seeds 1-2 of the best secateur and Torch-Pruning rows, and the best secateur architecture
-    trained from scratch for ``scratch_epochs`` (seeds 0-2), until ``deadline`` (time.time())."""
+             deadline: float, first_only: bool = False) -> list[dict]:
+    """Fine-tune every prepared row (seed 0), then (unless ``first_only``) distillation for each
+    model's best secateur row, the seeds 1-2 of the best secateur and Torch-Pruning rows, and the best
+    secateur architecture trained from scratch for ``scratch_epochs`` (seeds 0-2), until
+    ``deadline`` (time.time())."""
     rows = json.loads(out.read_text()) if out.exists() else []
     done = {(r["model"], r["row"], r["variant"], r["seed"]) for r in rows}
 
@@ -165,6 +166,8 @@ def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, 
     for name in names:
         for m in manifests[name]:
             run(name, m["row"], "finetuned", 0, lambda: (load(folder, name, m["row"]), FINETUNE, epochs, []))
+    if first_only:
+        return rows
     for name in names:
         ours, theirs = best(name, "secateur"), best(name, "torch-pruning")
         if ours is None:

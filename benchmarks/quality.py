@@ -78,6 +78,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--minutes", type=float, default=1e9, help="finetune: start no row after this many minutes")
     ap.add_argument("--workers", type=int, default=0, help="finetune: data loader processes")
     ap.add_argument("--quick", action="store_true", help="finetune: 1,024 training images, 1 scratch epoch (a dry run)")
+    ap.add_argument("--first", action="store_true", help="finetune: only every row's seed-0 fine-tune")
     args = ap.parse_args(argv[1:])
     sections = args.only or SECTIONS
     started = time.perf_counter()
@@ -101,7 +102,8 @@ def main(argv: list[str]) -> None:
                             persistent_workers=args.workers > 0)
         q.finetune(folder, list(bases), lambda m: copy.deepcopy(bases[m]), loader,
                    DataLoader(fashion_mnist("test"), batch_size=1000), rows_file, epochs=1,
-                   scratch_epochs=1 if args.quick else B["base"] + 1, deadline=time.time() + 60 * args.minutes)
+                   scratch_epochs=1 if args.quick else B["base"] + 1, deadline=time.time() + 60 * args.minutes,
+                   first_only=args.first)
     if "report" in sections or "cut" in sections:
         if rows_file.exists():
             rows += decided(json.loads(rows_file.read_text()), folder)
