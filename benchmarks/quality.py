@@ -88,10 +88,12 @@ def main(argv: list[str]) -> None:
     bases = {m: baseline(m, mode, train, test, B["base"]) for m in args.models}
     rows = []
     for model, base in bases.items():
+        kept = ck / f"quality-cut-{model}.rows.json"
         if "cut" in sections:
             acc = evaluate(base, test)["acc"]
-            rows += _common.stage_rows(ck / f"quality-cut-{model}.rows.json",
-                                       lambda: cut(model, base, acc, calib, train, test))
+            rows += _common.stage_rows(kept, lambda: cut(model, base, acc, calib, train, test))
+        elif "report" in sections and kept.exists():
+            rows += json.loads(kept.read_text())
         if "prepare" in sections:
             q.prepare(model, base, calib, train, test, folder)
     if "finetune" in sections:
