@@ -206,7 +206,7 @@ def test_a_group_read_by_a_depthwise_conv_is_refused_by_name():
 @pytest.mark.parametrize("conv", [nn.Conv2d(5, 3, 3, padding=1), nn.Conv2d(5, 3, 3, stride=2, padding=2, dilation=2),
                                   nn.Conv2d(5, 3, (3, 1), padding=(1, 0))], ids=["3x3", "strided-dilated", "3x1"])
 def test_sampled_windows_equal_unfold(conv):
-    from secateur.criteria._windows import _windows
+    from secateur.layers import handler_for
     x = torch.randn(2, 5, 9, 8, generator=torch.Generator().manual_seed(6))
     ho, wo = conv(x).shape[2:]
     k = conv.kernel_size[0] * conv.kernel_size[1]
@@ -214,7 +214,8 @@ def test_sampled_windows_equal_unfold(conv):
                                       stride=conv.stride).reshape(2, 5, k, ho * wo)
     img, h, w, pos = torch.tensor([0, 1, 1]), torch.tensor([0, ho - 1, 2]), torch.tensor([wo - 1, 0, 3]), torch.tensor([0, 2, 4])
     expected = torch.stack([cols[i][pos, :, hh * wo + ww] for i, hh, ww in zip(img, h, w)])
-    torch.testing.assert_close(_windows(conv, x, pos, img, h, w), expected, rtol=0, atol=0)
+    got = handler_for(conv).windows(conv, x, pos, img, h * wo + w, (2, conv.out_channels, ho, wo))
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_a_latency_target_is_planned_on_the_table_and_measured_after(monkeypatch) -> None:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..graph import ChannelGroup, Role
+from ..layers import handler_for, is_weighted
 from ..train import all_sum, processes
 from ._record import CalibrationError, stream, taps
 
@@ -39,9 +40,7 @@ def consumers(model: nn.Module, group: ChannelGroup) -> list[Consumer]:
         if m.site.role is not Role.IN:
             continue
         layer = model.get_submodule(m.site.module)
-        if isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.padding_mode == "zeros":
-            out.append(Consumer(m.site.module, m.positions, m.unit))
-        elif isinstance(layer, nn.Linear):
+        if is_weighted(layer) and handler_for(layer).samples(layer):
             out.append(Consumer(m.site.module, m.positions, m.unit))
         else:
             raise ValueError(f"channel group #{group.index} ({group.members[0].site}) is read by {m.site.module} "
@@ -97,6 +96,7 @@ class WindowTap:
     def __init__(self, name: str, layer: nn.Module, positions: np.ndarray, samples: int | None, images: int,
                  sink, seed: tuple[int, ...], pairs: bool = False):
         self.name, self.layer, self.samples, self.images, self.sink, self.seed = name, layer, samples, images, sink, seed
+        self.handler = handler_for(layer)
         self.pos = torch.as_tensor(positions, dtype=torch.long)
         self.pairs, self.k = pairs, None
         self.batch, self.step = processes()   # the global batch index: under torchrun, every world-th
@@ -105,8 +105,7 @@ class WindowTap:
         x, n = inputs[0], inputs[0].shape[0]
         rng = np.random.default_rng([*self.seed, self.batch])
         self.batch += self.step
-        if isinstance(self.layer, nn.Linear):
-            x, output = x.reshape(n, -1, x.shape[-1]).transpose(1, 2), output.reshape(n, -1, output.shape[-1]).transpose(1, 2)
+        x, output = self.handler.locations(self.layer, x, output)
         d_out, locs = output.shape[1], int(np.prod(output.shape[2:]))
         flat = self._draw(rng, n, locs * d_out if self.pairs else locs)
         per = locs * d_out if self.pairs else locs
@@ -114,10 +113,7 @@ class WindowTap:
         chan = rest // locs if self.pairs else rng.integers(0, d_out, size=len(flat))
         loc = torch.as_tensor(rest % locs)
         img, chan = torch.as_tensor(img), torch.as_tensor(chan, device=output.device)
-        if isinstance(self.layer, nn.Linear):
-            win = x[img, :, loc][:, self.pos, None]
-        else:
-            win = _windows(self.layer, x, self.pos, img, loc // output.shape[3], loc % output.shape[3])
+        win = self.handler.windows(self.layer, x, self.pos, img, loc, tuple(output.shape))
         dev = output.device
         out = output.flatten(2)[img.to(dev), :, loc.to(dev)]
         self.sink(win.float(), out.float(), chan)
@@ -138,32 +134,6 @@ def count_images(loader) -> int:
     if dataset is not None and hasattr(dataset, "__len__"):
         return len(dataset)
     return sum(len(b[0] if isinstance(b, (tuple, list)) else b) for b in loader)
-
-
-def _windows(conv: nn.Conv2d, x: torch.Tensor, pos: torch.Tensor, img, h, w) -> torch.Tensor:
-    """The receptive fields of output pixels (img, h, w) in channels ``pos``: (S, len(pos), kh*kw).
-
-    Gathered straight from ``x`` (no padded copy of the batch); taps in the zero padding read 0."""
-    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = conv.kernel_size, conv.stride, conv.dilation, _pad(conv, x)
-    dev = x.device
-    rows = (h.to(dev) * sh - ph)[:, None] + torch.arange(kh, device=dev) * dh     # (S, kh)
-    cols = (w.to(dev) * sw - pw)[:, None] + torch.arange(kw, device=dev) * dw     # (S, kw)
-    inside = ((rows >= 0) & (rows < x.shape[2]))[:, :, None] & ((cols >= 0) & (cols < x.shape[3]))[:, None, :]
-    rows, cols = rows.clamp(0, x.shape[2] - 1), cols.clamp(0, x.shape[3] - 1)
-    c = pos.to(dev)
-    win = x[img.to(dev)[:, None, None, None], c[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
-    win = win * inside[:, None].to(win.dtype)
-    return win.reshape(win.shape[0], len(pos), kh * kw)
-
-
-def _pad(conv: nn.Conv2d, x: torch.Tensor) -> tuple[int, int]:
-    if conv.padding == "valid":
-        return 0, 0
-    if conv.padding == "same":
-        if any(k % 2 == 0 for k in conv.kernel_size):
-            raise ValueError(f"{conv}: padding='same' with an even kernel is not supported for sampling")
-        return tuple((d * (k - 1)) // 2 for k, d in zip(conv.kernel_size, conv.dilation))
-    return tuple(conv.padding)
 
 
 class _Fan:

@@ -58,6 +58,21 @@ class Weighted(Layer):
         where it cannot be folded into a bias."""
         return None
 
+    def samples(self, m: nn.Module) -> bool:
+        """Whether the layer-wise methods can sample its input windows (see :meth:`windows`)."""
+        return False
+
+    def locations(self, m: nn.Module, x: torch.Tensor, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Its input and output as (images, channels, *locations): what :meth:`windows` reads."""
+        return x, output
+
+    def windows(self, m: nn.Module, x: torch.Tensor, positions: torch.Tensor, img: torch.Tensor,
+                loc: torch.Tensor, out_shape: tuple[int, ...]) -> torch.Tensor:
+        """The inputs that output location ``loc`` of image ``img`` reads from input channels
+        ``positions`` (one row per sample): (samples, len(positions), taps); ``x`` and ``out_shape``
+        as :meth:`locations` gives them."""
+        raise NotImplementedError
+
     def extra(self, m: nn.Module) -> list[tuple[str, int]]:
         """(name, dim) of its own tensors besides weight and bias that hold one entry per output
         channel (a subclass's gain); each is sliced with the outputs."""

@@ -92,6 +92,35 @@ class Conv(Weighted):
         return m.weight.detach().flatten(2).sum(2) @ v
 
 
+    def samples(self, m):
+        return isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros"
+
+    def windows(self, m, x, positions, img, loc, out_shape):
+        """Receptive fields gathered straight from ``x`` (no padded copy); taps in the padding read 0."""
+        (kh, kw), (sh, sw), (dh, dw), (ph, pw) = m.kernel_size, m.stride, m.dilation, _pad(m)
+        dev = x.device
+        h, w = loc // out_shape[3], loc % out_shape[3]
+        rows = (h.to(dev) * sh - ph)[:, None] + torch.arange(kh, device=dev) * dh     # (S, kh)
+        cols = (w.to(dev) * sw - pw)[:, None] + torch.arange(kw, device=dev) * dw     # (S, kw)
+        inside = ((rows >= 0) & (rows < x.shape[2]))[:, :, None] & ((cols >= 0) & (cols < x.shape[3]))[:, None, :]
+        rows, cols = rows.clamp(0, x.shape[2] - 1), cols.clamp(0, x.shape[3] - 1)
+        c = positions.to(dev)
+        win = x[img.to(dev)[:, None, None, None], c[None, :, None, None], rows[:, None, :, None],
+                cols[:, None, None, :]]
+        win = win * inside[:, None].to(win.dtype)
+        return win.reshape(win.shape[0], len(positions), kh * kw)
+
+
+def _pad(conv: nn.Conv2d) -> tuple[int, int]:
+    if conv.padding == "valid":
+        return 0, 0
+    if conv.padding == "same":
+        if any(k % 2 == 0 for k in conv.kernel_size):
+            raise ValueError(f"{conv}: padding='same' with an even kernel is not supported for sampling")
+        return tuple((d * (k - 1)) // 2 for k, d in zip(conv.kernel_size, conv.dilation))
+    return tuple(conv.padding)
+
+
 class Linear(Weighted):
     width_attrs = ("in_features", "out_features")
 
@@ -125,6 +154,16 @@ class Linear(Weighted):
         if not const.any():
             return None
         return m.weight.detach() @ torch.as_tensor(const, dtype=m.weight.dtype, device=m.weight.device)
+
+    def samples(self, m):
+        return True
+
+    def locations(self, m, x, output):
+        n = x.shape[0]   # (n, ..., features) -> (n, features, positions)
+        return x.reshape(n, -1, x.shape[-1]).transpose(1, 2), output.reshape(n, -1, output.shape[-1]).transpose(1, 2)
+
+    def windows(self, m, x, positions, img, loc, out_shape):
+        return x[img, :, loc][:, positions, None]
 
 
 class BatchNorm(Norm):
