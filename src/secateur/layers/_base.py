@@ -58,6 +58,15 @@ class Weighted(Layer):
         where it cannot be folded into a bias."""
         return None
 
+    def plain(self, m: nn.Module, c_in: int, c_out: int) -> nn.Module | None:
+        """A plain torch layer computing like ``m`` at widths ``c_in`` → ``c_out`` (random weights: what
+        a latency table times), or None where there is none."""
+        return None
+
+    def signature(self, m: nn.Module) -> str:
+        """What besides its widths decides the layer's speed (kernel, stride, groups, ...)."""
+        return repr(m)
+
     def samples(self, m: nn.Module) -> bool:
         """Whether the layer-wise methods can sample its input windows (see :meth:`windows`)."""
         return False

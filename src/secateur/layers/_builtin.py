@@ -92,6 +92,18 @@ class Conv(Weighted):
         return m.weight.detach().flatten(2).sum(2) @ v
 
 
+    def plain(self, m, c_in, c_out):
+        if m.transposed:
+            return None
+        conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(m.kernel_size)]
+        groups = c_in if _depthwise(m) else m.groups
+        return conv(c_in, c_out, m.kernel_size, m.stride, m.padding, m.dilation, groups, m.bias is not None,
+                    m.padding_mode)
+
+    def signature(self, m):
+        return (f"k={tuple(m.kernel_size)} s={tuple(m.stride)} p={m.padding} d={tuple(m.dilation)} "
+                f"g={'dw' if _depthwise(m) else m.groups} bias={m.bias is not None} mode={m.padding_mode}")
+
     def samples(self, m):
         return isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros"
 
@@ -109,6 +121,10 @@ class Conv(Weighted):
                 cols[:, None, None, :]]
         win = win * inside[:, None].to(win.dtype)
         return win.reshape(win.shape[0], len(positions), kh * kw)
+
+
+def _depthwise(m) -> bool:
+    return m.groups == m.in_channels and m.groups > 1
 
 
 def _pad(conv: nn.Conv2d) -> tuple[int, int]:
@@ -154,6 +170,12 @@ class Linear(Weighted):
         if not const.any():
             return None
         return m.weight.detach() @ torch.as_tensor(const, dtype=m.weight.dtype, device=m.weight.device)
+
+    def plain(self, m, c_in, c_out):
+        return nn.Linear(c_in, c_out, bias=m.bias is not None)
+
+    def signature(self, m):
+        return f"bias={m.bias is not None}"
 
     def samples(self, m):
         return True

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..forward import inference
+from ..layers import handler_for, is_weighted
 from ._base import alternating, backend, prepare
 
 
@@ -129,14 +130,7 @@ def cache_file(runtime: str, threads: int, folder: str | os.PathLike | None = No
 def _variant(layer: nn.Module, c_in: int, c_out: int) -> nn.Module:
     """A plain layer like ``layer`` at the given widths (random weights: only its time matters)."""
     torch.manual_seed(0)
-    bias = getattr(layer, "bias", None) is not None
-    if isinstance(layer, nn.Linear):
-        return nn.Linear(c_in, c_out, bias=bias)
-    conv = type(layer) if type(layer) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) else \
-        {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(layer.kernel_size)]
-    groups = c_in if layer.groups == layer.in_channels and layer.groups > 1 else layer.groups
-    return conv(c_in, c_out, layer.kernel_size, layer.stride, layer.padding, layer.dilation, groups, bias,
-                layer.padding_mode)
+    return handler_for(layer).plain(layer, c_in, c_out)
 
 
 def _onnx(layer: nn.Module, shape: tuple[int, ...], path: Path) -> bool:
@@ -206,12 +200,13 @@ def latency_table(model: nn.Module, graph, runtime: str = "torch", *, threads: i
     jobs = []
     for name in sorted(shapes):
         layer = model.get_submodule(name)
-        if not isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd)) or isinstance(layer, nn.modules.conv._ConvTransposeNd):
+        if not is_weighted(layer):
             continue
-        linear = isinstance(layer, nn.Linear)
-        c_in, c_out = (layer.in_features, layer.out_features) if linear else (layer.in_channels, layer.out_channels)
-        depthwise = not linear and layer.groups == c_in and c_in > 1 and c_out == c_in
-        unit = 8 if linear or layer.groups == 1 or depthwise else math.lcm(8, layer.groups)
+        c_in, c_out, groups = handler_for(layer).io(layer)
+        if handler_for(layer).plain(layer, c_in, c_out) is None:   # none to time (a transposed conv)
+            continue
+        depthwise = groups == c_in and c_in > 1 and c_out == c_in
+        unit = 8 if groups == 1 or depthwise else math.lcm(8, groups)
         outs = grid(c_out, unit, points)
         ins = [] if depthwise else grid(c_in, unit, points)
         pairs = [(w, w) if depthwise else (c_in, w) for w in outs] + [(w, c_out) for w in ins]   # full: twice
@@ -224,8 +219,10 @@ def latency_table(model: nn.Module, graph, runtime: str = "torch", *, threads: i
         for ci, co in dict.fromkeys(pairs):
             t = 0.0
             for shape in shapes[name]:
-                x_shape = (*shape[:-1], ci) if isinstance(layer, nn.Linear) else (shape[0], ci, *shape[2:])
-                key = f"{type(layer).__name__}|{_signature(layer)}|x={x_shape}|out={co}"
+                x_shape = list(shape)
+                x_shape[handler_for(layer).channel_dim(layer)] = ci
+                x_shape = tuple(x_shape)
+                key = f"{type(layer).__name__}|{handler_for(layer).signature(layer)}|x={x_shape}|out={co}"
                 if key not in stored:
                     stored[key] = _time(_variant(layer, ci, co), x_shape, runtime, threads, repeats)
                     measured += 1
@@ -247,9 +244,7 @@ def latency_table(model: nn.Module, graph, runtime: str = "torch", *, threads: i
 
 
 def _widths(m: nn.Module) -> tuple[int, int]:
-    if isinstance(m, nn.Linear):
-        return m.in_features, m.out_features
-    return m.in_channels, m.out_channels
+    return handler_for(m).io(m)[:2]
 
 
 def _fit(table: LatencyTable, model: nn.Module, graph, runtime: str, threads: int, repeats: int) -> None:
@@ -269,14 +264,6 @@ def _fit(table: LatencyTable, model: nn.Module, graph, runtime: str, threads: in
     table.fixed = whole - table.scale * full
     if table.fixed < 0:   # never a negative rest: the layers scaled to the whole model instead
         table.scale, table.fixed = whole / max(full, 1e-9), 0.0
-
-
-def _signature(layer: nn.Module) -> str:
-    if isinstance(layer, nn.Linear):
-        return f"bias={layer.bias is not None}"
-    return (f"k={tuple(layer.kernel_size)} s={tuple(layer.stride)} p={layer.padding} d={tuple(layer.dilation)} "
-            f"g={'dw' if layer.groups == layer.in_channels and layer.groups > 1 else layer.groups} "
-            f"bias={layer.bias is not None} mode={layer.padding_mode}")
 
 
 def _store(path: Path, stored: dict) -> None:
