@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+import secateur
 from secateur.criteria import L1
 from secateur.methods import OneShot, allocate, compress
 from secateur.methods.allocation import GRID, _largest
@@ -35,7 +36,7 @@ def test_greedy_meets_the_budget_from_one_curve_per_group(trained):
     model, train = trained
     before = {k: v.clone() for k, v in model.state_dict().items()}
     a = allocate(model, X, L1(), macs=0.5, loader=train, strategy="greedy", progress=False)
-    assert 0.35 < a.macs <= 0.5                                 # one of 8 channels is 1/8 of conv 3
+    assert 0.35 < a.kept <= 0.5                                 # one of 8 channels is 1/8 of conv 3
     assert a.evaluations == 2 * len(GRID) + 2                  # two groups' curves, the full model, the choice
     assert sorted(a.curves) == ["0", "3"] and all(len(c) == len(GRID) + 1 for c in a.curves.values())
     assert set(a.layers) <= {"0", "3"} and 0 <= a.score <= 1
@@ -46,7 +47,7 @@ def test_search_scores_at_least_the_uniform_rate(trained):
     model, train = trained
     uniform = allocate(model, X, L1(), macs=0.5, loader=train, strategy="search", candidates=1, progress=False)
     searched = allocate(model, X, L1(), macs=0.5, loader=train, strategy="search", candidates=6, progress=False)
-    assert searched.evaluations == 6 and searched.macs <= 0.5
+    assert searched.evaluations == 6 and searched.kept <= 0.5
     assert searched.score >= uniform.score
     assert len(set(uniform.amounts.values())) == 1             # the first candidate is the uniform rate
 
@@ -60,8 +61,21 @@ def test_one_shot_with_an_allocation_records_its_cost(trained):
     assert pruned["macs"] <= 0.5 * result.records[0]["macs"]
 
 
+def test_a_latency_budget_is_met_on_the_runtimes_table(trained, monkeypatch):
+    import secateur.runtimes as rt
+    from test_runtimes import Staircase
+    monkeypatch.setitem(rt._base._BACKENDS, "staircase", Staircase())
+    model, train = trained
+    a = allocate(model, X, L1(), latency=0.6, runtime="staircase", loader=train, strategy="search", candidates=3,
+                 progress=False)
+    table = rt.latency_table(model, secateur.trace(model, X), "staircase", progress=False)
+    small = secateur.prune(model, X, L1(), amount=a.layers)
+    assert a.kept <= 0.6 and table.predict(small) / table.total() == pytest.approx(a.kept, rel=1e-6)
+
+
 @pytest.mark.parametrize("call, error, match", [
-    (lambda m, t: OneShot(amount=0.5, allocation="greedy"), ValueError, "give macs="),
+    (lambda m, t: OneShot(amount=0.5, allocation="greedy"), ValueError, "give macs= or latency="),
+    (lambda m, t: allocate(m, X, L1(), loader=t), ValueError, "exactly one of macs= and latency="),
     (lambda m, t: OneShot(macs=0.5, allocation="best"), ValueError, "choose one of uniform, global, greedy, search"),
     (lambda m, t: allocate(m, X, L1(), macs=0.5, loader=t, strategy="best"), ValueError, "choose one of greedy"),
     (lambda m, t: allocate(m, X, L1(), macs=0.5, loader=list(t)[:3]), ValueError, "the loader gave 3 batches"),

@@ -14,6 +14,7 @@ BatchNorm statistics on a few training batches, and score on a fixed slice of *t
   search never scores below it). Cost: ``candidates`` evaluations.
 
     alloc = allocate(model, x, L1(), macs=0.5, loader=train_loader, strategy="greedy")
+    alloc = allocate(model, x, L1(), latency=0.5, runtime="onnxruntime", loader=train_loader)   # predicted
     small = secateur.prune(model, x, L1(), amount=alloc.layers)      # per producing layer
 """
 from __future__ import annotations
@@ -30,7 +31,8 @@ from tqdm.auto import tqdm
 
 from ..criteria import Criterion
 from ..graph import Graph, Role, trace
-from ..plan import Plan, Target, TargetError, estimate_macs, layer_facts, make_plan, site_masks
+from .. import runtimes
+from ..plan import Plan, Target, TargetError, estimate_cost, estimate_macs, layer_facts, make_plan, site_masks
 from ..prune import score
 from ..surgery import apply
 from ..train import evaluate, recalibrate_bn
@@ -42,13 +44,13 @@ GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 @dataclass(frozen=True)
 class Allocation:
     """``amounts``: fraction of each group's channels to remove, by group index; ``layers``: the same by
-    the group's first producing layer (``prune(amount=layers)``); ``macs``: the fraction of MACs kept
-    (estimated); ``score``: the chosen plan's accuracy on the scoring slice; ``evaluations`` and
+    the group's first producing layer (``prune(amount=layers)``); ``kept``: the fraction of the MACs
+    (or of the predicted latency) kept; ``score``: the chosen plan's accuracy on the scoring slice; ``evaluations`` and
     ``seconds``: what choosing cost; ``curves``: per layer, (ratio, score) points (greedy only)."""
 
     amounts: dict[int, float]
     layers: dict[str, float]
-    macs: float
+    kept: float
     score: float
     evaluations: int
     seconds: float
@@ -59,19 +61,24 @@ class Judge:
     """Cuts, recalibrates (on the batches ``recal``, unless None) and scores (accuracy on ``scored``)
     candidate plans of one model, given as per-group amounts; counts what it evaluates."""
 
-    def __init__(self, model, graph: Graph, scores, target: Target, recal: list | None, scored):
+    def __init__(self, model, graph: Graph, scores, target: Target, recal: list | None, scored, costs=None):
         self.model, self.graph, self.scores, self.target = model, graph, scores, target
-        self.recal, self.scored, self.facts = recal, scored, layer_facts(graph)
-        self.base = estimate_macs(graph, self.facts, {})
+        self.recal, self.scored, self.facts, self.costs = recal, scored, layer_facts(graph), costs
+        self.base = self._cost({})
         self.evaluations = 0
+
+    def _cost(self, masks) -> float:
+        if self.costs is None:
+            return estimate_macs(self.graph, self.facts, masks)
+        return estimate_cost(self.graph, self.facts, masks, self.costs.layer) + self.costs.fixed
 
     def plan(self, amounts: dict[int, float]) -> Plan:
         return make_plan(self.graph, self.scores, Target(amount=amounts, min_channels=self.target.min_channels,
                                                          round_to=self.target.round_to), self.facts)
 
-    def macs(self, amounts: dict[int, float]) -> float:
-        masks = self.plan(amounts).unit_masks(self.graph)
-        return estimate_macs(self.graph, self.facts, site_masks(self.graph, masks)) / self.base
+    def cost(self, amounts: dict[int, float]) -> float:
+        """The fraction of the MACs (or, with ``costs``, of the predicted latency) the plan keeps."""
+        return self._cost(site_masks(self.graph, self.plan(amounts).unit_masks(self.graph))) / self.base
 
     def accuracy(self, amounts: dict[int, float]) -> float:
         self.evaluations += 1
@@ -95,20 +102,28 @@ class Judge:
         return out
 
 
-def allocate(model: nn.Module, example_inputs, criterion: Criterion, *, macs: float, loader,
-             strategy: str = "greedy", ratios: tuple[float, ...] = GRID, candidates: int = 32,
-             recalibrate: int = 5, score_batches: int = 8, max_amount: float = 0.9, min_channels: int = 1,
-             round_to: int = 1, ignore=(), data=None, seed: int = 0, progress: bool = True) -> Allocation:
-    """Per-group pruning ratios of ``model`` that keep ``macs`` of its MACs, chosen by ``strategy``
-    ("greedy" or "search"; see the module). ``loader``: training batches; the first ``recalibrate``
+def allocate(model: nn.Module, example_inputs, criterion: Criterion, *, loader, macs: float | None = None,
+             latency: float | None = None, runtime: str = "torch", threads: int = 1, strategy: str = "greedy",
+             ratios: tuple[float, ...] = GRID, candidates: int = 32, recalibrate: int = 5, score_batches: int = 8,
+             max_amount: float = 0.9, min_channels: int = 1, round_to: int = 1, ignore=(), data=None, seed: int = 0,
+             progress: bool = True) -> Allocation:
+    """Per-group pruning ratios of ``model`` that keep ``macs`` of its MACs, or ``latency`` of its
+    latency on ``runtime`` as its per-layer latency table predicts it (``secateur.runtimes``; timed
+    once and cached), chosen by ``strategy`` ("greedy" or "search"; see the module). ``loader``:
+    training batches; the first ``recalibrate``
     re-estimate BN statistics of every candidate, the next ``score_batches`` score it (the same
     batches for every candidate, drawn once under ``seed``). ``ratios``: the greedy grid;
     ``max_amount``: the most of any group that may go. ``data``: calibration data for a data
     criterion. The caller's model is not changed."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    if not (isinstance(macs, (int, float)) and 0 < macs <= 1):
-        raise ValueError(f"macs={macs!r} must be in (0, 1]: the fraction of MACs to keep")
+    if (macs is None) == (latency is None):
+        raise ValueError("give exactly one of macs= and latency=")
+    budget, what = (macs, "macs") if macs is not None else (latency, "latency")
+    if isinstance(budget, bool) or not (isinstance(budget, (int, float)) and 0 < budget <= 1):
+        raise ValueError(f"{what}={budget!r} must be in (0, 1]: the fraction to keep")
+    if latency is not None:
+        runtimes.backend(runtime)   # a missing runtime is one line, before any work
     if not ratios or not all(0 < r <= max_amount for r in ratios) or list(ratios) != sorted(ratios):
         raise ValueError(f"ratios={ratios!r} must be increasing fractions in (0, max_amount={max_amount}]")
     started = time.perf_counter()
@@ -119,19 +134,21 @@ def allocate(model: nn.Module, example_inputs, criterion: Criterion, *, macs: fl
         raise ValueError(f"allocate: the loader gave {len(held)} batches; it needs recalibrate + score_batches = "
                          f"{recalibrate + score_batches}")
     graph = trace(model, example_inputs, ignore=ignore)
-    target = Target(macs=macs, min_channels=min_channels, round_to=round_to, max_amount=max_amount)
+    target = Target(macs=budget, min_channels=min_channels, round_to=round_to, max_amount=max_amount)
+    costs = None if latency is None else runtimes.latency_table(model, graph, runtime, threads=threads,
+                                                                progress=progress)
     judge = Judge(model, graph, score(model, graph, criterion, data), target, held[:recalibrate],
-                   held[recalibrate:])
+                  held[recalibrate:], costs)
     groups = sorted(judge.scores)
     deepest = max(ratios) if strategy == "greedy" else max_amount
-    least = judge.macs({g: deepest for g in groups})
-    if least > macs:
-        raise TargetError(f"macs={macs} is out of reach: removing {deepest:g} of every group keeps {least:.3f} of "
-                          f"the MACs")
+    least = judge.cost({g: deepest for g in groups})
+    if least > budget:
+        raise TargetError(f"{what}={budget} is out of reach: removing {deepest:g} of every group keeps {least:.3f} "
+                          f"of the {'MACs' if macs is not None else 'predicted latency'}")
     run = _greedy if strategy == "greedy" else _search
-    amounts, best, curves = run(judge, groups, macs, ratios, candidates, max_amount, seed, progress)
+    amounts, best, curves = run(judge, groups, budget, ratios, candidates, max_amount, seed, progress)
     names = {g: graph.groups[g].modules(Role.OUT)[0] for g in groups}
-    return Allocation(amounts, {names[g]: r for g, r in amounts.items() if r > 0}, judge.macs(amounts), best,
+    return Allocation(amounts, {names[g]: r for g, r in amounts.items() if r > 0}, judge.cost(amounts), best,
                       judge.evaluations, time.perf_counter() - started,
                       {names[g]: c for g, c in curves.items()})
 
@@ -155,7 +172,7 @@ def _bisect(meets, lo: float, hi: float, steps: int = 30) -> tuple[float, float]
     return lo, hi
 
 
-def _greedy(judge: Judge, groups, macs, ratios, candidates, max_amount, seed, progress):
+def _greedy(judge: Judge, groups, budget, ratios, candidates, max_amount, seed, progress):
     curves = judge.curves(groups, ratios, progress, "allocation curves")
     full = curves[groups[0]][0][1]
 
@@ -163,18 +180,18 @@ def _greedy(judge: Judge, groups, macs, ratios, candidates, max_amount, seed, pr
         return {g: _largest(curves[g], s) for g in groups}
     # a higher target score prunes every group less: the highest score whose ratios meet the budget
     floor = min(a for c in curves.values() for _, a in c)   # at it every group takes the grid's deepest
-    if judge.macs(at(full)) <= macs:
+    if judge.cost(at(full)) <= budget:
         amounts = at(full)
     else:   # scores are steps (accuracy on a few batches): blend across the last step to meet the budget
-        lo, hi = (at(s) for s in _bisect(lambda s: judge.macs(at(s)) <= macs, floor, full))
+        lo, hi = (at(s) for s in _bisect(lambda s: judge.cost(at(s)) <= budget, floor, full))
 
         def blend(t: float) -> dict[int, float]:
             return {g: lo[g] + t * (hi[g] - lo[g]) for g in groups}
-        amounts = blend(_bisect(lambda t: judge.macs(blend(t)) <= macs, 0.0, 1.0)[0])
+        amounts = blend(_bisect(lambda t: judge.cost(blend(t)) <= budget, 0.0, 1.0)[0])
     return amounts, judge.accuracy(amounts), curves
 
 
-def _search(judge: Judge, groups, macs, ratios, candidates, max_amount, seed, progress):
+def _search(judge: Judge, groups, budget, ratios, candidates, max_amount, seed, progress):
     rng = np.random.default_rng(seed)
     best, best_acc = None, -1.0
     for i in tqdm(range(candidates), desc="allocation search", disable=not progress, leave=False):
@@ -183,7 +200,7 @@ def _search(judge: Judge, groups, macs, ratios, candidates, max_amount, seed, pr
         def scaled(k: float, v=v) -> dict[int, float]:
             return {g: float(min(k * x, max_amount)) for g, x in zip(groups, v)}
         # the least scaling that meets the budget (MACs fall as k grows; k = max_amount / min(v) caps all)
-        k = _bisect(lambda k: judge.macs(scaled(k)) <= macs, 0.0, max_amount / v.min())[1]
+        k = _bisect(lambda k: judge.cost(scaled(k)) <= budget, 0.0, max_amount / v.min())[1]
         amounts = scaled(k)
         acc = judge.accuracy(amounts)
         if acc > best_acc:

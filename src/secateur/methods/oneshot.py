@@ -35,7 +35,8 @@ class OneShot:
     sensitivity``); ``allocation``: how the budget is spread over the groups: "uniform" (one rate),
     "global" (one threshold on normalised scores), or chosen by recalibrated accuracy on training
     batches, "greedy" (AIMET's per-layer curves) or "search" (EagleEye's random search), those two
-    for ``macs`` (see ``secateur.methods.allocate``); the planner options of :func:`secateur.prune`;
+    for ``macs`` or ``latency`` (predicted by the runtime's latency table; see
+    ``secateur.methods.allocate``); the planner options of :func:`secateur.prune`;
     ``inner_only``: prune only the convs inside blocks (Li et al.)."""
 
     criterion: Criterion = field(default_factory=L1)
@@ -63,8 +64,9 @@ class OneShot:
             return
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation={self.allocation!r}; choose one of {', '.join(ALLOCATIONS)}")
-        if self.allocation in STRATEGIES and self.macs is None:
-            raise ValueError(f"allocation={self.allocation!r} chooses per-layer rates for a MAC budget: give macs=")
+        if self.allocation in STRATEGIES and self.macs is None and self.latency is None:
+            raise ValueError(f"allocation={self.allocation!r} chooses per-layer rates for a budget: give macs= or "
+                             f"latency=")
         if self.runtime not in backends():
             raise ValueError(f"runtime={self.runtime!r}; choose one of {', '.join(backends())}")
         if self.latency is not None and (self.amount is not None or self.macs is not None):
@@ -87,21 +89,24 @@ def one_shot(model: nn.Module, example_inputs, config: OneShot, *, calibration=N
     stages = Stages(**how)
     ignore = _outer_layers(model, example_inputs) if config.inner_only else ()
     amount = dict(config.layer_amounts) if config.layer_amounts is not None else config.amount
-    macs, chosen = config.macs, {}
+    macs, latency, chosen = config.macs, config.latency, {}
     if config.allocation in STRATEGIES:
         data = _training_data(train_loader, calibration)
         if data is None:
             raise ValueError(f"allocation={config.allocation!r} scores candidates on training batches: give "
                              f"train_loader=")
-        found = allocate(model, example_inputs, config.criterion, macs=config.macs, loader=data,
-                         strategy=config.allocation, max_amount=min(config.max_amount, 0.9), round_to=config.round_to,
+        found = allocate(model, example_inputs, config.criterion, macs=config.macs, latency=config.latency,
+                         runtime=config.runtime, threads=config.threads, loader=data, strategy=config.allocation,
+                         max_amount=min(config.max_amount, 0.9), round_to=config.round_to,
                          min_channels=config.min_channels, ignore=ignore, data=calibration, seed=stages.seed,
                          progress=stages.progress)
-        amount, macs = found.layers, None
+        amount, macs, latency = found.layers, None, None
         chosen = dict(allocation=config.allocation, allocation_evaluations=found.evaluations,
                       allocation_seconds=found.seconds, allocation_score=found.score)
+        if config.latency is not None:
+            chosen["latency_predicted"] = found.kept
     small = prune(model, example_inputs, config.criterion, amount=amount, target_macs=macs,
-                  target_latency=config.latency, runtime=config.runtime, threads=config.threads,
+                  target_latency=latency, runtime=config.runtime, threads=config.threads,
                   global_ranking=config.allocation == "global", round_to=config.round_to,
                   min_channels=config.min_channels, max_amount=1.0 if chosen else config.max_amount, ignore=ignore,
                   data=calibration, progress=stages.progress)
