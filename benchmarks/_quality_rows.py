@@ -70,14 +70,15 @@ def _make(row: str, base, calib, train, macs0) -> tuple[nn.Module, dict]:
     return secateur.prune(base, X, L1(), target_macs=TARGET, global_ranking=method == "global", progress=False), {}
 
 
-def prepare(name: str, base, calib, train, test, folder: Path) -> list[dict]:
-    """Prune ``base`` for every row and save the models under ``folder/name``; returns the manifest."""
+def prepare(name: str, base, calib, train, test, folder: Path, only=None) -> list[dict]:
+    """Prune ``base`` for every row (``only``: these rows, e.g. "secateur/greedy") and save the models
+    under ``folder/name``; returns the manifest."""
     path = folder / name / "manifest.json"
     rows = json.loads(path.read_text()) if path.exists() else []
     done = {r["row"] for r in rows}
     b = record("baseline", base, X)
     for row in [f"secateur/{m}" for m in SECATEUR_ROWS] + [f"torch-pruning/{m}" for m in TP_ROWS]:
-        if row in done:
+        if row in done or (only and row not in only):
             continue
         start = time.perf_counter()
         small, extra = _make(row, base, calib, train, b["macs"])
@@ -149,7 +150,11 @@ def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, 
         start = time.perf_counter()
         torch.manual_seed(seed)                    # a from-scratch row's initial weights too
         model, optim, n, callbacks = make()
-        hist = fit(model, train, epochs=n, optim=optim, seed=seed, progress=False, callbacks=callbacks)
+        try:
+            hist = fit(model, train, epochs=n, optim=optim, seed=seed, progress=False, callbacks=callbacks)
+        except Exception as e:   # a row that fails is reported, the others still run
+            print(f"finetune {name} {row} {variant} seed {seed}: fails: {_common.error_line(e)}", flush=True)
+            return
         ok = correctness(model, test)
         rows.append(dict(model=name, row=row, variant=variant, seed=seed, epochs=n, acc=float(ok.mean()),
                          train_loss=hist[-1]["loss"], seconds=time.perf_counter() - start, correct=_pack(ok)))

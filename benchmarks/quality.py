@@ -79,6 +79,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--workers", type=int, default=0, help="finetune: data loader processes")
     ap.add_argument("--quick", action="store_true", help="finetune: 1,024 training images, 1 scratch epoch (a dry run)")
     ap.add_argument("--first", action="store_true", help="finetune: only every row's seed-0 fine-tune")
+    ap.add_argument("--prepare-rows", nargs="+", help="prepare: only these rows (e.g. secateur/greedy)")
     args = ap.parse_args(argv[1:])
     sections = args.only or SECTIONS
     started = time.perf_counter()
@@ -95,7 +96,7 @@ def main(argv: list[str]) -> None:
         elif "report" in sections and kept.exists():
             rows += json.loads(kept.read_text())
         if "prepare" in sections:
-            q.prepare(model, base, calib, train, test, folder)
+            q.prepare(model, base, calib, train, test, folder, args.prepare_rows)
     if "finetune" in sections:
         data = fashion_mnist("train")
         if args.quick:
