@@ -168,7 +168,8 @@ def _finish(recipe: Recipe, base, small, x, test, calib, records, history, out: 
     from ..report import write_report
     write_report(out / "report", before=base, after=small, example_inputs=x, records=records, accuracy=acc,
                  history=history or None,
-                 onnx=extra or None, title=f"secateur compress {recipe.path.stem}", overwrite=True)
+                 onnx=extra or None, title=f"secateur compress {recipe.path.stem}", overwrite=True,
+                 threads=1)   # like every runtime's rows: one thread, the serving case at batch 1
     return {"recipe": str((out / "recipe.toml").resolve()), "source": str(recipe.path.resolve()), "method": recipe.method, "accuracy": acc,
             "input_shape": list(x.shape[1:]), "num_classes": int(small(x).shape[1]),
             "records": [r.to_json(drop=("gammas",)) for r in records],
