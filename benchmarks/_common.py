@@ -74,14 +74,14 @@ def error_line(exc: BaseException, limit: int = 240) -> str:
 def write_results(name: str, rows: list[dict], argv: Sequence[str], keep_others: bool = False) -> Path:
     """Write ``results/NAME.json`` atomically (temp file + rename); return its path. ``keep_others``
     (a run of part of a benchmark): the earlier file's rows that this run did not measure again, by
-    (experiment, model, target, tool, method), are kept ahead of the new ones, each with the command
+    (experiment, model, target, tool, method, batch), are kept ahead of the new ones, each with the command
     and date that made it."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     if keep_others and path.exists():
         old = json.loads(path.read_text())
         def key(r: dict) -> tuple:
-            return r.get("experiment"), r["model"], json.dumps(r.get("target")), r["tool"], r["method"]
+            return r.get("experiment"), r["model"], json.dumps(r.get("target")), r["tool"], r["method"], r.get("batch")
         ran = {key(r) for r in rows}
         rows = [{**r, "command": r.get("command", old["command"]), "date": r.get("date", old["date"])}
                 for r in old["rows"] if key(r) not in ran] + rows
