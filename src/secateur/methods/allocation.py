@@ -1,4 +1,4 @@
-"""How much of each layer to prune for a MAC budget, chosen by accuracy instead of by one rate.
+"""How much of each layer to prune for a MAC or latency budget, chosen by accuracy instead of by one rate.
 
 Every candidate is judged the way EagleEye (Li et al., ECCV 2020) judges one: cut, re-estimate the
 BatchNorm statistics on a few training batches, and score on a fixed slice of *training* images

@@ -90,8 +90,8 @@ def one_shot(model: nn.Module, example_inputs, config: OneShot, *, calibration=N
     ignore = _outer_layers(model, example_inputs) if config.inner_only else ()
     amount = dict(config.layer_amounts) if config.layer_amounts is not None else config.amount
     macs, latency, chosen = config.macs, config.latency, {}
+    data = train_loader if train_loader is not None else calibration   # for allocation and recalibration
     if config.allocation in STRATEGIES:
-        data = _training_data(train_loader, calibration)
         if data is None:
             raise ValueError(f"allocation={config.allocation!r} scores candidates on training batches: give "
                              f"train_loader=")
@@ -111,17 +111,12 @@ def one_shot(model: nn.Module, example_inputs, config: OneShot, *, calibration=N
                   min_channels=config.min_channels, max_amount=1.0 if chosen else config.max_amount, ignore=ignore,
                   data=calibration, progress=stages.progress)
     result = Result(small, [record("baseline", model, example_inputs, eval_loader)])
-    small = result.model = stages.cut(result, small, example_inputs, _training_data(train_loader, calibration),
-                                         eval_loader, **chosen)
+    small = result.model = stages.cut(result, small, example_inputs, data, eval_loader, **chosen)
     if config.finetune_epochs:
         result.history = stages.fit(small, train_loader, "finetune", epochs=config.finetune_epochs,
                                     optim=config.finetune_optim, eval_loader=eval_loader, teacher=model)
         result.records.append(record("finetuned", small, example_inputs, eval_loader))
     return result
-
-
-def _training_data(train_loader, calibration):
-    return train_loader if train_loader is not None else calibration
 
 
 def _outer_layers(model: nn.Module, x) -> list[str]:

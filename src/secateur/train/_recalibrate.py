@@ -16,7 +16,7 @@ from torch import nn
 
 from ..forward import model_device
 from ._dist import init, summed
-from ._fit import auto_channels_last
+from ._fit import _to, auto_channels_last
 
 BN = nn.modules.batchnorm._BatchNorm
 
@@ -49,11 +49,7 @@ def recalibrate_bn(model: nn.Module, loader, *, batches: int = 20, copy: bool = 
         rank, world = init()
         with torch.no_grad():
             for batch in itertools.islice(loader, rank, batches, world):
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                x = x.to(device)
-                if channels_last and x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                net(x)
+                net(_to(batch[0] if isinstance(batch, (tuple, list)) else batch, device, channels_last))
                 seen += 1
     finally:
         for m, momentum in zip(bns, momenta):
@@ -63,7 +59,7 @@ def recalibrate_bn(model: nn.Module, loader, *, batches: int = 20, copy: bool = 
     total = summed(seen)
     if total == 0:
         raise ValueError("recalibrate_bn: the loader yielded no batches")
-    if total != seen:   # under torchrun: each process's average over its batches, weighted by their count
+    if world > 1:   # under torchrun: each process's average over its batches, weighted by their count
         for m in bns:
             for stat in (m.running_mean, m.running_var):
                 stat.copy_(summed(stat * seen) / total)
