@@ -32,6 +32,7 @@ name = "{method}"
 epochs = 1
 [export]
 onnx = {onnx}
+runtimes = {runtimes}
 {extra}"""
 
 
@@ -41,9 +42,10 @@ def cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProc
 
 
 def recipe(tmp: Path, name: str = "tiny.toml", *, arch="vgg8", epochs=1, method="prune",
-           options='criterion = "l1"\namount = 0.5', onnx="true", extra="") -> Path:
+           options='criterion = "l1"\namount = 0.5', onnx="true", runtimes="[]", extra="") -> Path:
     path = tmp / name
-    path.write_text(TINY.format(arch=arch, epochs=epochs, method=method, options=options, onnx=onnx, extra=extra))
+    path.write_text(TINY.format(arch=arch, epochs=epochs, method=method, options=options, onnx=onnx,
+                                runtimes=runtimes, extra=extra))
     return path
 
 
@@ -87,8 +89,8 @@ def test_a_users_model_file(tmp_path):
 
 
 def test_tiny_recipe_end_to_end_then_refuses_to_overwrite_then_exports(tmp_path):
-    path = recipe(tmp_path, extra='runtimes = ["openvino", "mnn"]\n'         # latency on two more runtimes
-                                  "[lowrank]\nenergy = 0.5\nmin_features = 8\n")   # the 10-way head: low rank
+    path = recipe(tmp_path, runtimes='["openvino", "mnn"]',                  # latency on two more runtimes
+                  extra="[lowrank]\nenergy = 0.5\nmin_features = 8\n")   # the 10-way head: low rank
     p = cli("compress", str(path), "--out", "run", "--no-progress", cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
     run = tmp_path / "run"
@@ -171,6 +173,28 @@ def test_lowrank_energy_is_checked(tmp_path, capsys, monkeypatch):
     assert main(["compress", str(path)]) == 2
     err = capsys.readouterr().err
     assert "[lowrank] energy=1.5" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("runtimes,expect", [
+    ('"all"', "[export] runtimes='all'; give \"installed\""),
+    ("3", "[export] runtimes=3 must be a list or str"),
+    ('["tensorrt"]', "[export] runtimes: runtime='tensorrt'; choose one of"),
+])
+def test_report_runtimes_are_checked_before_work(tmp_path, runtimes, expect, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["compress", str(recipe(tmp_path, runtimes=runtimes))]) == 2
+    err = capsys.readouterr().err
+    assert expect in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_report_times_every_installed_deployment_runtime_by_default(tmp_path):
+    from secateur import runtimes
+    from secateur.cli._compress import report_runtimes
+    path = recipe(tmp_path)
+    path.write_text(path.read_text().replace("runtimes = []\n", ""))
+    names = report_runtimes(parse(str(path)))
+    assert names == runtimes.installed(exports=True)
+    assert set(names) == {"onnxruntime", "openvino", "opencv", "mnn"}   # the dev extra installs them all
 
 
 def test_sensitivity_scan_feeds_a_recipe(tmp_path, capsys, monkeypatch):

@@ -8,7 +8,8 @@
                 Magnitude; nested Optim as a table: optim = {lr = 0.05}); its defaults are the library's
     [finetune]  epochs; lr; weight_decay; recalibrate (batches on which BatchNorm statistics are
                 re-estimated after every cut, 0 = off); distill (the unpruned model as teacher)
-    [export]    onnx; fp16; int8; runtimes = ["openvino", "mnn", ...] (latency before/after on each)
+    [export]    onnx; fp16; int8; runtimes = "installed" (default: every deployment runtime that imports
+                here) | ["openvino", "mnn", ...] | [] (the report's latency before/after on each)
     [lowrank]   energy (0 = off; e.g. 0.9: truncated SVD of large Linear layers after pruning); min_features
 
 Every key is checked (the [method] table against its config's fields, through secateur.methods'
@@ -37,7 +38,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple, Any]]] = {
     "baseline": {"epochs": (int, 3), "lr": (_ANY_NUMBER, 0.1), "weight_decay": (_ANY_NUMBER, 5e-4)},
     "finetune": {"epochs": (int, 1), "lr": (_ANY_NUMBER, 0.01), "weight_decay": (_ANY_NUMBER, 1e-4),
                  "recalibrate": (int, 20), "distill": (bool, False)},
-    "export": {"onnx": (bool, True), "fp16": (bool, False), "int8": (bool, False), "runtimes": (list, [])},
+    "export": {"onnx": (bool, True), "fp16": (bool, False), "int8": (bool, False), "runtimes": ((list, str), "installed")},
     "lowrank": {"energy": (_ANY_NUMBER, 0.0), "min_features": (int, 256)},
 }
 DATASETS = ("fashion-mnist", "cifar", "folder")
@@ -92,6 +93,9 @@ def parse(name_or_path: str) -> Recipe:
     if sec["data"]["dataset"] not in DATASETS:
         raise UsageError(f"{where}: [data] dataset={sec['data']['dataset']!r}; allowed: {', '.join(DATASETS)}")
     ft = _optim(where, "finetune", sec["finetune"])
+    if isinstance(sec["export"]["runtimes"], str) and sec["export"]["runtimes"] != "installed":
+        raise UsageError(f"{where}: [export] runtimes={sec['export']['runtimes']!r}; give \"installed\" or a list "
+                         f"of runtime names (e.g. [\"openvino\", \"mnn\"], [] for none)")
     if not 0 <= sec["lowrank"]["energy"] < 1:
         raise UsageError(f"{where}: [lowrank] energy={sec['lowrank']['energy']!r} must be in [0, 1) (0 = off)")
     table = raw.get("method", {})
@@ -175,7 +179,8 @@ def _section(where: str, name: str, values: Any, keys: dict, label: str | None =
     for key, (kind, default) in keys.items():
         v = values.get(key, default)
         if v is not None and key in values and (not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool)):
-            want = kind.__name__ if isinstance(kind, type) else "number"
+            want = (kind.__name__ if isinstance(kind, type) else "number" if kind is _ANY_NUMBER
+                    else " or ".join(k.__name__ for k in kind))
             raise UsageError(f"{where}: [{name}] {key}={v!r} must be a {want}")
         if isinstance(v, int) and not isinstance(v, bool) and v < 0:
             raise UsageError(f"{where}: [{name}] {key}={v!r} must be >= 0")

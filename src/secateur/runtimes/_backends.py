@@ -46,6 +46,7 @@ class FromOnnx(Backend):
     first use, so runtimes prepared in one folder share it)."""
 
     extra = "runtimes"
+    exports = True
 
     def load(self, model, inputs, folder, threads):
         from ..io.onnx import export_onnx

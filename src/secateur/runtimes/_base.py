@@ -34,10 +34,12 @@ class RuntimeMismatch(ValueError):
 
 
 class Backend:
-    """One runtime. ``modules``: what must import; ``extra``: the pip extra that installs them."""
+    """One runtime. ``modules``: what must import; ``extra``: the pip extra that installs them;
+    ``exports``: it runs an exported file (a deployment runtime), not the module itself."""
 
     name: str = ""
     extra: str = "runtimes"
+    exports: bool = False
     modules: tuple[str, ...] = ()
 
     def require(self) -> None:
@@ -87,10 +89,12 @@ def backends() -> dict[str, Backend]:
     return dict(_BACKENDS)
 
 
-def installed() -> list[str]:
-    """The runtimes whose packages import here."""
+def installed(*, exports: bool = False) -> list[str]:
+    """The runtimes whose packages import here (``exports``: only those that run an exported file)."""
     out = []
     for name, b in _BACKENDS.items():
+        if exports and not b.exports:
+            continue
         try:
             b.require()
         except RuntimeMissing:
