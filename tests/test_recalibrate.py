@@ -139,3 +139,6 @@ def test_recording_under_torchrun_gives_what_one_process_gives(tmp_path):
     assert 2 * shared.pop("forwards") == alone.pop("forwards") > 0    # each process ran half the batches
     for k, v in alone.items():
         torch.testing.assert_close(shared[k], v, rtol=1e-6, atol=1e-9, msg=k)
+    for rank in (0, 1):
+        said = Path(f"{tmp_path / 'scores.safetensors'}.{rank}.txt").read_text()
+        assert "every process must see at least one batch (1 saw none)" in said, said

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..layers import is_batchnorm
 from ..graph import ChannelGroup, Member, Role, Site
 from ._base import SiteCriterion, out_rows
 from ..train import all_sum
 from ._record import channel_dim, stream, taps
 
-_BN = (nn.modules.batchnorm._BatchNorm,)
 
 
 def _pick(group: ChannelGroup, model: nn.Module, out_only: bool = False) -> tuple[Member, ...]:
@@ -34,7 +34,7 @@ def _pick(group: ChannelGroup, model: nn.Module, out_only: bool = False) -> tupl
     ``out_only``), else its conv/linear output rows."""
     if not out_only:
         norms = tuple(m for m in group.members if m.site.role is Role.NORM
-                      and isinstance(model.get_submodule(m.site.module), _BN))
+                      and is_batchnorm(model.get_submodule(m.site.module)))
         if norms:
             return norms
     return tuple(m for m in group.members if m.site.role is Role.OUT)

@@ -7,10 +7,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..layers import is_batchnorm
 from ..graph import ChannelGroup, Role, Site
 from ._base import SiteCriterion, out_rows
 
-_BN = (nn.modules.batchnorm._BatchNorm,)
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,6 @@ class BNScale(SiteCriterion):
     are left whole."""
 
     def score_site(self, site: Site, module: nn.Module) -> torch.Tensor | None:
-        if site.role is Role.NORM and isinstance(module, _BN) and module.weight is not None:
+        if site.role is Role.NORM and is_batchnorm(module) and module.weight is not None:
             return module.weight.detach().abs()
         return None

@@ -182,3 +182,8 @@ def take_(module: nn.Module, name: str, dim: int, index: np.ndarray) -> None:
         module._buffers[name] = new
     else:
         setattr(module, name, new)
+
+
+def is_batchnorm(m: nn.Module) -> bool:
+    """A BatchNorm of any rank (1d/2d/3d, SyncBatchNorm, a subclass): torch's common base."""
+    return isinstance(m, nn.modules.batchnorm._BatchNorm)

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._base import Norm, Weighted, register, take_
+from ._base import Norm, Weighted, is_batchnorm, register, take_
 
 
 def _uniform_rows(mask: np.ndarray, groups: int, what: str, name: str) -> np.ndarray:
@@ -197,7 +197,7 @@ class BatchNorm(Norm):
         return 1, True
 
     def absorbs_shift(self, m):
-        return isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+        return is_batchnorm(m) and m.running_mean is not None
 
     def set_width(self, m, width):
         m.num_features = width

@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..layers import is_batchnorm
 from ..forward import eval_mode
 from ..measure import count_macs, count_params
 from ..train import Distill, evaluate, fit, recalibrate_bn
 from ._records import StageRecord
 
-BN = nn.modules.batchnorm._BatchNorm
 
 
 @dataclass
@@ -30,9 +30,9 @@ class Result:
         return next(r for r in reversed(self.records) if r.stage == stage)
 
 
-def bn_layers(model: nn.Module) -> dict[str, BN]:
+def bn_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Every BatchNorm with a learnable scale, by module name."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, BN) and m.weight is not None}
+    return {n: m for n, m in model.named_modules() if is_batchnorm(m) and m.weight is not None}
 
 
 def record(stage: str, model: nn.Module, example_inputs, eval_loader=None, **extras) -> StageRecord:
@@ -79,7 +79,7 @@ class Stages:
         or the model has no BatchNorm, re-estimate its BN statistics on ``loader`` and record
         "recalibrated". Returns the model to go on with."""
         result.records.append(record("pruned", model, example_inputs, eval_loader, **extras))
-        if not self.recalibrate or loader is None or not any(isinstance(m, BN) for m in model.modules()):
+        if not self.recalibrate or loader is None or not any(is_batchnorm(m) for m in model.modules()):
             return model
         model = recalibrate_bn(model, loader, batches=self.recalibrate, copy=False)
         result.records.append(record("recalibrated", model, example_inputs, eval_loader, **extras))

@@ -44,9 +44,11 @@ GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 @dataclass(frozen=True)
 class Allocation:
     """``amounts``: fraction of each group's channels to remove, by group index; ``layers``: the same by
-    the group's first producing layer (``prune(amount=layers)``); ``kept``: the fraction of the MACs
-    (or of the predicted latency) kept; ``score``: the chosen plan's accuracy on the scoring slice; ``evaluations`` and
-    ``seconds``: what choosing cost; ``curves``: per layer, (ratio, score) points (greedy only)."""
+    the group's first producing layer (``prune(amount=layers)``; a group that no layer produces, such
+    as channels born in a parameter, is only in ``amounts``); ``kept``: the fraction of the MACs (or of
+    the predicted latency) kept; ``score``: the chosen plan's accuracy on the scoring slice;
+    ``evaluations`` and ``seconds``: what choosing cost; ``curves``: per group, named by its first
+    producing layer (else its first site), (ratio, score) points (greedy only)."""
 
     amounts: dict[int, float]
     layers: dict[str, float]
@@ -147,10 +149,10 @@ def allocate(model: nn.Module, example_inputs, criterion: Criterion, *, loader, 
                           f"of the {'MACs' if macs is not None else 'predicted latency'}")
     run = _greedy if strategy == "greedy" else _search
     amounts, best, curves = run(judge, groups, budget, ratios, candidates, max_amount, seed, progress)
-    names = {g: graph.groups[g].modules(Role.OUT)[0] for g in groups}
-    return Allocation(amounts, {names[g]: r for g, r in amounts.items() if r > 0}, judge.cost(amounts), best,
-                      judge.evaluations, time.perf_counter() - started,
-                      {names[g]: c for g, c in curves.items()})
+    producer = {g: graph.groups[g].modules(Role.OUT)[:1] for g in groups}
+    return Allocation(amounts, {producer[g][0]: r for g, r in amounts.items() if r > 0 and producer[g]},
+                      judge.cost(amounts), best, judge.evaluations, time.perf_counter() - started,
+                      {(producer[g] or [str(graph.groups[g].members[0].site)])[0]: c for g, c in curves.items()})
 
 
 def _largest(curve: list[tuple[float, float]], s: float) -> float:

@@ -24,9 +24,9 @@ from ..graph import Graph, Role, trace
 from ..plan import Target
 from ..prune import plan_pruning
 from ..surgery import apply
-from ..layers import handler_for
+from ..layers import handler_for, is_batchnorm
 from ..train import Callback, Optim
-from ._common import BN, Result, Stages, bn_layers, check_epochs, record
+from ._common import Result, Stages, bn_layers, check_epochs, record
 from ._registry import Data, Method, register
 
 
@@ -81,7 +81,7 @@ def _rescalable(graph: Graph, model: nn.Module) -> list[int]:
     for g in graph.prunable:
         roles = [(m.site.role, model.get_submodule(m.site.module)) for m in g.members]
         norms = [mod for r, mod in roles if r is Role.NORM]
-        if len(norms) == 1 and isinstance(norms[0], BN) and all(r in (Role.IN, Role.OUT, Role.NORM)
+        if len(norms) == 1 and is_batchnorm(norms[0]) and all(r in (Role.IN, Role.OUT, Role.NORM)
                                                                  for r, _ in roles):
             out.append(g.index)
     return out

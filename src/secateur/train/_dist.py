@@ -51,9 +51,11 @@ def summed(value):
     else ``value`` itself."""
     if init()[1] == 1:
         return value
-    if value is None:
-        raise ValueError("under torchrun every process must see at least one batch: give the loader at least "
-                         "as many batches as there are processes")
+    empty = torch.tensor(float(value is None), dtype=torch.float64)
+    dist.all_reduce(empty)   # every process learns whether any saw no batch, so all of them stop here
+    if empty.item():
+        raise ValueError(f"under torchrun every process must see at least one batch ({int(empty.item())} saw none): "
+                         "give the loader at least as many batches as there are processes")
     if torch.is_tensor(value):
         dist.all_reduce(value)
         return value

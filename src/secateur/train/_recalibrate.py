@@ -14,11 +14,11 @@ import itertools
 import torch
 from torch import nn
 
+from ..layers import is_batchnorm
 from ..forward import model_device
 from ._dist import init, summed
 from ._fit import _to, auto_channels_last
 
-BN = nn.modules.batchnorm._BatchNorm
 
 
 def recalibrate_bn(model: nn.Module, loader, *, batches: int = 20, copy: bool = True) -> nn.Module:
@@ -32,7 +32,7 @@ def recalibrate_bn(model: nn.Module, loader, *, batches: int = 20, copy: bool = 
     if not (isinstance(batches, int) and not isinstance(batches, bool) and batches > 0):
         raise ValueError(f"recalibrate_bn: batches={batches!r} must be an integer > 0")
     net = _copy.deepcopy(model) if copy else model
-    bns = [m for m in net.modules() if isinstance(m, BN) and m.track_running_stats]
+    bns = [m for m in net.modules() if is_batchnorm(m) and m.track_running_stats]
     if not bns:
         return net
     flags = {m: m.training for m in net.modules()}
