@@ -4,6 +4,7 @@ ThiNet's greedy selection, and the peak memory that recording takes on ResNet-50
 
     python benchmarks/datadriven.py --quick   # 6,000 training images, 256 calibration, 1 fine-tune epoch
     python benchmarks/datadriven.py           # all 60,000, 1,000 calibration, 3 epochs (hours on 2 CPU cores)
+    python benchmarks/datadriven.py --only fig4   # Figure 4 alone (before and after BN recalibration)
 
 Baselines come from training.py's ``baseline`` (the same checkpoints); every row of a table starts
 from a deep copy of the same baseline object and gets the same fine-tune (SGD lr 0.01, cosine, wd
@@ -307,6 +308,7 @@ def prepare(quick: bool, stem: str):
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", choices=("fig4",), help="run only this section; the other rows stay as they are")
     ap.add_argument("--memory-child", choices=MEMORY_KINDS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv[1:])
     if args.memory_child:
@@ -316,11 +318,13 @@ def main(argv: list[str]) -> None:
     print(f"seeds: {SEED} (torch, training subset, calibration draw, fit, Random, ThiNet/LASSO sampling); "
           f"threads {torch.get_num_threads()}; mode {mode}", flush=True)
     keep = None if args.quick else lambda stage: ck / f"datadriven-{stage}.rows.json"   # full runs resume
-    rows = _common.stage_rows(keep and keep("speed"), lambda: [greedy_speed()] + memory_rows())
-    print(f"greedy: {rows[0]['fast_s'] * 1e3:.1f} ms vs naive {rows[0]['naive_s']:.2f} s", flush=True)
-    _common.write_results(name, rows, argv)
+    rows = []
+    if not args.only:
+        rows = _common.stage_rows(keep and keep("speed"), lambda: [greedy_speed()] + memory_rows())
+        print(f"greedy: {rows[0]['fast_s'] * 1e3:.1f} ms vs naive {rows[0]['naive_s']:.2f} s", flush=True)
+        _common.write_results(name, rows, argv)
     bases, acc = {}, {}
-    for model in ("vgg8", "resnet56"):
+    for model in ("vgg8",) if args.only else ("vgg8", "resnet56"):
         bases[model] = baseline(model, mode, train, test, B["base"])
         acc[model] = evaluate(bases[model], test)["acc"]
         print(f"baseline {model}: test acc {acc[model]:.4f}", flush=True)
@@ -328,7 +332,9 @@ def main(argv: list[str]) -> None:
     png = _common.RESULTS / f"{name}_fig4.png"
     plot_fig4(f4, acc["vgg8"], png)
     rows += f4
-    _common.write_results(name, rows, argv)
+    out = _common.write_results(name, rows, argv)
+    if args.only:
+        return report(rows, mode, out, png, time.perf_counter() - started)
     for model, base in bases.items():
         rows += _common.stage_rows(keep and keep(f"whole-{model}"),
                                    lambda: whole(model, base, acc[model], calib, train, test, B, ck))
@@ -342,9 +348,11 @@ def report(rows, mode, out, png, seconds) -> None:
     for r in f4:
         p = pivot.setdefault((r["layer_set"], r["method"]), {"set": r["layer_set"], "method": r["method"]})
         p[f"{r['rate']:.0%}"] = r["acc_pruned"] if r["ok"] else "ERR"
+        p[f"{r['rate']:.0%} recal"] = r.get("acc_recalibrated", "-") if r["ok"] else "ERR"
     _common.print_table(list(pivot.values()), [("layers", "set"), ("method", "method")]
-                        + [(f"acc @{k:.0%}", f"{k:.0%}") for k in RATES],
-                        title=f"1. ThiNet Fig. 4, VGG-8 no fine-tune (base {f4[0]['acc_base']:.4f}); plot {png}")
+                        + [(f"acc @{k:.0%}{s}", f"{k:.0%}{s}") for k in RATES for s in ("", " recal")],
+                        title=f"1. ThiNet Fig. 4, VGG-8 no fine-tune (base {f4[0]['acc_base']:.4f}), then BN "
+                              f"recalibrated on 20 training batches; plot {png}")
     _common.print_table([r for r in rows if r.get("experiment") == "whole"],
                         [("model", "model"), ("tool", "tool"), ("method", "method"), ("MACs", "macs_ratio"),
                          ("params", "params_ratio"), ("latency", "latency_ratio"), ("base", "acc_base"),

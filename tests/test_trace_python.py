@@ -54,6 +54,25 @@ class C2fLike(nn.Module):
         return self.head(self.cv2(torch.cat(y, 1)))
 
 
+class SplitScales(nn.Module):
+    """EdgeNeXt's SDTA block: chunk(3) of a width 3 does not divide (11: 4, 4, 3), a depthwise conv
+    on each piece but the last, each fed the previous one's output, then cat."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 11)
+        self.convs = nn.ModuleList(nn.Conv2d(4, 4, 3, padding=1, groups=4) for _ in range(2))
+        self.head = nn.Conv2d(11, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pieces = self.stem(x).chunk(3, 1)
+        out, sp = [], pieces[0]
+        for i, conv in enumerate(self.convs):
+            sp = conv(sp if i == 0 else sp + pieces[i])
+            out.append(sp)
+        return self.head(torch.cat(out + [pieces[-1]], 1))
+
+
 class LayerScaled(nn.Module):
     """A per-channel parameter reshaped in forward (timm's LayerScale, every ConvNeXt)."""
 
@@ -163,6 +182,22 @@ def test_chunk_unpacked_into_a_list_and_extended_in_a_loop() -> None:
     assert cv1.prunable and cv1.size == 8 and cv1.width == 2   # both halves lose the same positions
     assert group_of(graph, "m.0.0").prunable
     exact(model, x, graph)
+
+
+def test_a_chunk_that_does_not_divide_the_width_is_cut_to_sizes_chunk_computes_again() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    model = calibrated(SplitScales(), x)
+    graph = secateur.trace(model, x)
+    stem = group_of(graph, "stem.0")
+    assert stem.prunable and stem.size == 3     # positions 0-2 of the 3 pieces; 3 of the first two joins 0
+    for keep in ([0], [1], [2], [0, 1], [1, 2]):  # every cut: pieces of 2, 2, 1 or 1, 1, 1 or 3, 3, 2 ...
+        silenced = copy.deepcopy(model)
+        secateur.silence(silenced, stem, np.setdiff1d(np.arange(3), keep))
+        pruned = secateur.apply(copy.deepcopy(silenced), graph, secateur.Plan({stem.index: np.array(keep)}))
+        with torch.no_grad():
+            expected = silenced(x)
+            torch.testing.assert_close(pruned(x), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+        assert pruned.stem[0].out_channels == sum(5 if u == 0 else 3 for u in keep)   # unit 0: 0, 4, 8 and 3, 7
 
 
 @pytest.mark.parametrize("how", ["view", "reshape", "index"])

@@ -55,10 +55,13 @@ def slices_channels(n: fx.Node, args, dims: tuple[int, ...], rank: int, shape: t
     return isinstance(dim, int) and dim % rank in dims
 
 
-def _pieces(walker, n: fx.Node, name: str, results: list) -> str | None:
+def _pieces(walker, n: fx.Node, name: str, results: list, dim: int) -> str | None:
     """Split along channels: equal pieces of a computed size (``chunk(2)``, ``split(C // 2)``) are
     tied position by position; pieces sized by a block's widths (``split([key_dim, key_dim,
-    head_dim])``) follow them, pieces of the same width tied; literal sizes freeze."""
+    head_dim])``) follow them, pieces of the same width tied; literal sizes freeze. ``chunk(n)`` of
+    a width ``n`` does not divide (88 in 3: 30, 30, 28) is tied position by position too, each extra
+    position ``p`` of the first pieces (28, 29) in the unit of position ``p % 28``: every cut then
+    leaves sizes ``chunk`` computes again (a last piece at most ``n - 1`` shorter, never empty)."""
     sizes = n.args[1]
     if isinstance(sizes, (tuple, list)) and all(is_width(walker.info.get(s)) for s in sizes):
         for size in set(sizes):
@@ -67,11 +70,23 @@ def _pieces(walker, n: fx.Node, name: str, results: list) -> str | None:
                 walker.tie(same[0].ids, r.ids)
         return None
     equal = len({r.ids.shape for r in results}) == 1
-    if not (equal and (name == "chunk" or isinstance(sizes, fx.Node))):
-        return f"channels split at fixed sizes ({name}) at node '{n.name}'"
-    for r in results[1:]:
-        walker.tie(results[0].ids, r.ids)
-    return None
+    if equal and (name == "chunk" or isinstance(sizes, fx.Node)):
+        for r in results[1:]:
+            walker.tie(results[0].ids, r.ids)
+        return None
+    if name == "chunk" and len(results) == sizes and all(dim in r.dims for r in results):
+        axis = results[0].dims.index(dim)
+        lengths = [r.ids.shape[axis] for r in results]
+        full, last = lengths[0], lengths[-1]
+        if set(lengths[:-1]) == {full} and 0 < last < full:
+            head = [np.take(r.ids, range(last), axis=axis) for r in results]
+            for h in head[1:]:
+                walker.tie(head[0], h)
+            for r in results[:-1]:
+                for p in range(last, full):   # in the unit of position p % last: a unit always has a last-piece channel
+                    walker.tie(np.take(results[0].ids, [p % last], axis=axis), np.take(r.ids, [p], axis=axis))
+            return None
+    return f"channels split at fixed sizes ({name}) at node '{n.name}'"
 
 
 def varying_axes(roots: np.ndarray) -> list[int]:
@@ -121,7 +136,7 @@ def constrain(walker, n: fx.Node, args, kwargs, source, results: list, module=No
         if name in PIECES:
             dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
             if dim % rank in dims:
-                why = _pieces(walker, n, name, results)
+                why = _pieces(walker, n, name, results, dim % rank)
                 if why:
                     return why
     fixed: set[int] = set()
