@@ -137,6 +137,21 @@ def test_wrong_input_shape_error_is_one_line(resnet) -> None:
     _message(exc, "conv1", "(2, 1, 64, 64)")
 
 
+@pytest.mark.parametrize("layer, x, want", [
+    (nn.Conv2d(3, 8, 3), (2, 1, 9, 9), "expects (2, 3, 9, 9)"),
+    (nn.Linear(16, 4), (2, 12), "expects (2, 16)"),
+    (nn.BatchNorm2d(8), (2, 6, 5, 5), "expects (2, 8, 5, 5)"),
+    (nn.GroupNorm(2, 8), (2, 6, 5, 5), "expects (2, 8, 5, 5)"),
+    (nn.LayerNorm(16), (2, 5, 12), "expects (2, 5, 16)"),
+], ids=["conv", "linear", "batchnorm", "groupnorm", "layernorm"])
+def test_a_shape_error_says_what_the_layer_expects(layer, x, want) -> None:
+    model = nn.Sequential(nn.Identity(), layer).eval()
+    with pytest.raises(ValueError) as exc:
+        secateur.measure(model, torch.randn(*x), latency=False)
+    line = str(exc.value)
+    assert len(line.splitlines()) == 1 and "'1'" in line and f"which got {x}" in line and want in line, line
+
+
 @pytest.mark.parametrize("make, x", [
     (lambda: nn.Linear(8, 4), torch.randn(2, 8)),
     (lambda: nn.Sequential(nn.Conv2d(3, 4, 3)), torch.randn(2, 3, 8, 8)),   # its output is the model output

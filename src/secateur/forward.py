@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .layers import handler_for
+
 __all__ = ["ForwardFailure", "checked_forward", "flat_tensors", "map_tensors", "shape_of", "signature",
            "tracked_forward"]
 
@@ -134,24 +136,10 @@ def shape_of(x: Any) -> str:
 
 
 def _expected(module: nn.Module, got: torch.Size) -> tuple[int, ...] | None:
-    """The input shape ``module`` wants, derived from the shape it ``got``; ``None`` if unknown."""
-    if isinstance(module, nn.modules.conv._ConvNd):
-        spatial = len(module.kernel_size)
-        if len(got) == spatial + 2:
-            return (got[0], module.in_channels, *got[2:])
-        return (module.in_channels, *got[1:]) if len(got) == spatial + 1 else None  # unbatched
-    if isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm) and len(got) >= 2:
-        try:  # BN and InstanceNorm know the ranks they accept
-            getattr(module, "_check_input_dim", lambda x: None)(torch.empty(got, device="meta"))
-        except ValueError:
-            return None
-        channels = module.num_channels if isinstance(module, nn.GroupNorm) else module.num_features
-        return (got[0], channels, *got[2:])
-    if isinstance(module, nn.Linear) and len(got) >= 1:
-        return (*got[:-1], module.in_features)
-    if isinstance(module, nn.LayerNorm) and len(got) >= len(module.normalized_shape):
-        return (*got[: len(got) - len(module.normalized_shape)], *module.normalized_shape)
-    return None
+    """The input shape ``module`` wants, derived from the shape it ``got`` (its layer handler says);
+    ``None`` if unknown."""
+    handler = handler_for(module)
+    return None if handler is None else handler.expects(module, tuple(got))
 
 
 def _where(name: str, module: nn.Module, args: Sequence[Any]) -> str:

@@ -23,6 +23,11 @@ class Layer:
         ``attrs``: what a saved file's widths must say (only those the shapes determine)."""
         return {}
 
+    def expects(self, m: nn.Module, got: tuple[int, ...]) -> tuple[int, ...] | None:
+        """The input shape ``m`` wants, derived from the shape it ``got`` (for an error that says
+        both); ``None`` when unknown."""
+        return None
+
 
 class Weighted(Layer):
     """A layer with a weight matrix: conv, linear. Its output rows and input columns are sites."""

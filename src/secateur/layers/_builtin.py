@@ -23,6 +23,12 @@ class Conv(Weighted):
     def io(self, m):
         return m.in_channels, m.out_channels, m.groups
 
+    def expects(self, m, got):
+        spatial = len(m.kernel_size)
+        if len(got) == spatial + 2:
+            return (got[0], m.in_channels, *got[2:])
+        return (m.in_channels, *got[1:]) if len(got) == spatial + 1 else None   # unbatched
+
     def implied_widths(self, m, attrs, shapes):
         w, g = shapes.get("weight"), attrs.get("groups", 1)
         if not w or len(w) < 2:
@@ -143,6 +149,9 @@ class Linear(Weighted):
     def io(self, m):
         return m.in_features, m.out_features, 1
 
+    def expects(self, m, got):
+        return (*got[:-1], m.in_features) if len(got) >= 1 else None
+
     def implied_widths(self, m, attrs, shapes):
         w = shapes.get("weight")
         return {"out_features": w[0], "in_features": w[-1]} if w and len(w) == 2 else {}
@@ -199,6 +208,13 @@ class BatchNorm(Norm):
     def absorbs_shift(self, m):
         return is_batchnorm(m) and m.running_mean is not None
 
+    def expects(self, m, got):
+        try:   # BN and InstanceNorm know the ranks they accept
+            getattr(m, "_check_input_dim", lambda x: None)(torch.empty(got, device="meta"))
+        except ValueError:
+            return None
+        return (got[0], m.num_features, *got[2:]) if len(got) >= 2 else None
+
     def set_width(self, m, width):
         m.num_features = width
 
@@ -217,6 +233,9 @@ class GroupNorm(Norm):
 
     def unit(self, m):
         return m.num_channels // m.num_groups if m.num_groups > 1 else 1
+
+    def expects(self, m, got):
+        return (got[0], m.num_channels, *got[2:]) if len(got) >= 2 else None
 
     def set_width(self, m, width):
         if m.num_groups > 1:
@@ -247,6 +266,10 @@ class LayerNorm(Norm):
 
     def width(self, m, x_shape, dim):
         return m.normalized_shape[0]
+
+    def expects(self, m, got):
+        n = len(m.normalized_shape)
+        return (*got[:len(got) - n], *m.normalized_shape) if len(got) >= n else None
 
     def set_width(self, m, width):
         m.normalized_shape = (width,)
