@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np
-from torch import nn
 
 from ..graph import Graph, Role, Site
 
@@ -75,8 +74,8 @@ class _Layer:
     kernel: int
 
 
-def layer_facts(graph: Graph, model: nn.Module | None = None) -> dict[str, _Layer]:
-    """Each weighted layer's widths and kernel, as the trace recorded them (``model`` is not needed)."""
+def layer_facts(graph: Graph) -> dict[str, _Layer]:
+    """Each weighted layer's widths and kernel, as the trace recorded them."""
     return {call.module: _Layer(call.c_in, call.c_out, call.groups, call.taps) for call in graph.calls}
 
 
