@@ -10,14 +10,15 @@ For each model (torchvision, random weights, 1000 classes, batch 1, 224 px; ``--
 * ``secateur-latency``: ``secateur.prune(..., target_latency=0.5, runtime=)``: per-layer latency
   tables (cached; cost and cache hits recorded), the greedy planner on them, then measured and
   re-planned until within 5 %; the table's prediction for the final model is recorded too;
-* ``secateur-macs``: the MAC planner, its ``target_macs`` searched until the measured latency is
-  within 5 % of the target (what a user of a MAC-only tool does by hand);
+* ``secateur-macs``: the MAC planner, its ``target_macs`` searched (8 probes at most) until its
+  measured latency is within 3 % of what the latency plan measures (median of 3): the two are
+  compared at equal latency, what a user of a MAC-only tool does by hand;
 * ``torch-pruning``: Torch-Pruning 1.6.1 (L1, output layers ignored), its ``pruning_ratio`` searched
   the same way.
 
-Every final model is then re-measured in 3 independent runs (``secateur.runtimes.measured_ratio``:
-fresh runtime sessions, 6 rounds timed alternately with the original, ~0.25 s of runs per model per
-round): the row holds the median ratio and the spread (max - min). MACs
+The three final models are then timed together in 3 independent sessions (fresh runtime sessions,
+6 rounds that take the original and the three in turn, ~0.25 s of runs per model per round): the
+row holds the median ratio to the original and the spread (max - min). MACs
 and params are ratios to the original. Results: ``benchmarks/results/latency.json``.
 """
 from __future__ import annotations
@@ -44,20 +45,35 @@ FMNIST = ("vgg8", "resnet56")
 BASELINES = Path(__file__).resolve().parent / "baselines"
 
 
-def _search(prune_at, lo: float, hi: float, ratio_of, probes: int = 6):
-    """Bisect a knob in [lo, hi] (larger prunes less) until the measured ratio is within 5 % of TARGET;
-    returns (model, knob, probes used) of the closest probe."""
+def _search(prune_at, lo: float, hi: float, ratio_of, aim: float, probes: int = 8):
+    """Bisect a knob in [lo, hi] (larger prunes less) until the measured ratio is within 3 % of
+    ``aim``; returns (model, knob, probes used) of the closest probe."""
     best = None
     for probe in range(1, probes + 1):
         knob = (lo + hi) / 2
         small = prune_at(knob)
         got = ratio_of(small)
-        if best is None or abs(got - TARGET) < abs(best[1] - TARGET):
+        if best is None or abs(got - aim) < abs(best[1] - aim):
             best = (small, got, knob, probe)
-        if abs(got - TARGET) <= 0.05 * TARGET:
+        if abs(got - aim) <= 0.03 * aim:
             break
-        lo, hi = (lo, knob) if got > TARGET else (knob, hi)
+        lo, hi = (lo, knob) if got > aim else (knob, hi)
     return best[0], best[2], best[3]
+
+
+def joint_ratios(model, smalls: list, x, runtime: str, runs: int = RUNS) -> list[list[float]]:
+    """Each of ``smalls``' latency over ``model``'s, all timed in the same alternating rounds (so the
+    pruned models are compared under the same conditions), in ``runs`` independent sessions:
+    ratios[i] is small i's ratio in every session."""
+    base = rt.prepare(model, x, runtime, threads=THREADS)
+    repeats = max(10, min(500, int(250 / max(base.latency(repeats=5, warmup=2), 1e-3))))
+    out: list[list[float]] = [[] for _ in smalls]
+    for _ in range(runs):
+        prepared = [base] + [rt.prepare(m, x, runtime, threads=THREADS) for m in smalls]
+        whole, *cut = rt.alternating(prepared, repeats, rounds=6)
+        for i, c in enumerate(cut):
+            out[i].append(c / whole)
+    return out
 
 
 def _tp(model, x, ratio: float):
@@ -77,22 +93,25 @@ def build(name: str, size: int, batch: int):
 
 
 def run_one(name: str, size: int, runtime: str, batch: int = 1, keep: Path | None = None) -> list[dict]:
-    """The three rows of one model on one runtime; ``keep``: save each final model there (with a
-    manifest.json, as benchmarks/_quality_rows.py's prepare does) for the same fine-tune."""
+    """The three rows of one model on one runtime: the latency plan first, then the MAC plan and
+    Torch-Pruning searched to *its* measured latency (equal latency, not only the same target), the
+    three final models timed together in ``RUNS`` sessions; ``keep``: save each final model there
+    (with a manifest.json, as benchmarks/_quality_rows.py's prepare does) for the same fine-tune."""
     model, x = build(name, size, batch)
     macs0 = secateur.measure(model, x, latency=False).macs
     params0 = sum(p.numel() for p in model.parameters())
     graph = secateur.trace(model, x)
     ratio_of = lambda small: rt.measured_ratio(model, small, x, runtime, threads=THREADS)  # noqa: E731
-    rows = []
+    aim = TARGET
     tools = {
         "secateur-latency": lambda: (secateur.prune(model, x, L1(), target_latency=TARGET, runtime=runtime,
                                                     threads=THREADS), {}),
         "secateur-macs": lambda: _knobbed(_search(lambda m: secateur.prune(model, x, L1(), target_macs=m),
-                                                  0.05, 1.0, ratio_of), "target_macs"),
-        "torch-pruning": lambda: _knobbed(_search(lambda r: _tp(model, x, 1 - r), 0.05, 1.0, ratio_of),
+                                                  0.05, 1.0, ratio_of, aim), "target_macs"),
+        "torch-pruning": lambda: _knobbed(_search(lambda r: _tp(model, x, 1 - r), 0.05, 1.0, ratio_of, aim),
                                           "pruning_ratio", invert=True),
     }
+    rows, made = [], {}
     for tool, make in tools.items():
         fields = dict(model=name, tool=tool, method=f"l1/{runtime}", target={"latency": TARGET}, batch=batch,
                       runtime=runtime, input_size=x.shape[-1], threads=THREADS, section="latency")
@@ -102,7 +121,8 @@ def run_one(name: str, size: int, runtime: str, batch: int = 1, keep: Path | Non
                 warnings.simplefilter("ignore")
                 small, extra = make()
                 seconds = time.perf_counter() - start
-                ratios = [ratio_of(small) for _ in range(RUNS)]
+                if tool == "secateur-latency":   # the others are searched to what this one measures
+                    aim = statistics.median(ratio_of(small) for _ in range(RUNS))
         except Exception as e:   # a tool that fails is a row, not the end of the run
             rows.append(row(**fields, ok=False, error=error_line(e), tool_seconds=time.perf_counter() - start))
             print(f"{name} {runtime} {tool}: fails: {error_line(e)}", flush=True)
@@ -112,16 +132,22 @@ def run_one(name: str, size: int, runtime: str, batch: int = 1, keep: Path | Non
             extra = dict(predicted_ratio=table.predict(small) / table.total(), table_seconds=table.seconds,
                          table_measured=table.measured, table_hits=table.hits)
         widths = [m.out_channels for m in small.modules() if isinstance(m, torch.nn.Conv2d)]
-        rows.append(row(**fields, latency_ratio=statistics.median(ratios), latency_runs=ratios,
-                        latency_spread=max(ratios) - min(ratios),
+        made[tool] = small
+        rows.append(row(**fields, matched_to=aim if tool != "secateur-latency" else None,
                         macs_ratio=secateur.measure(small, x, latency=False).macs / macs0,
                         params_ratio=sum(p.numel() for p in small.parameters()) / params0,
                         widths_multiple_of_8=sum(w % 8 == 0 for w in widths) / len(widths),
                         tool_seconds=seconds, **extra))
-        if keep is not None:
-            _keep(keep, name, f"b{batch}-{runtime}/{tool}", small, rows[-1])
-        print(f"{name} {runtime} {tool}: latency {fmt(rows[-1]['latency_ratio'])} "
-              f"(runs {', '.join(fmt(r) for r in ratios)}), MACs {fmt(rows[-1]['macs_ratio'])}", flush=True)
+    timed = dict(zip(made, joint_ratios(model, list(made.values()), x, runtime)))
+    for r in rows:
+        if r["tool"] in timed:
+            ratios = timed[r["tool"]]
+            r.update(latency_ratio=statistics.median(ratios), latency_runs=ratios,
+                     latency_spread=max(ratios) - min(ratios))
+            if keep is not None:
+                _keep(keep, name, f"b{batch}-{runtime}/{r['tool']}", made[r["tool"]], r)
+            print(f"{name} {runtime} {r['tool']}: latency {fmt(r['latency_ratio'])} "
+                  f"(runs {', '.join(fmt(v) for v in ratios)}), MACs {fmt(r['macs_ratio'])}", flush=True)
     return rows
 
 
