@@ -332,7 +332,7 @@ def main(argv: list[str]) -> None:
     png = _common.RESULTS / f"{name}_fig4.png"
     plot_fig4(f4, acc["vgg8"], png)
     rows += f4
-    out = _common.write_results(name, rows, argv)
+    out = _common.write_results(name, rows, argv, keep_others=bool(args.only))   # --only: the other rows stay
     if args.only:
         return report(rows, mode, out, png, time.perf_counter() - started)
     for model, base in bases.items():
