@@ -124,16 +124,19 @@ def plot_fig4(rows: list[dict], acc_base: float, path) -> None:
     fig, axes = plt.subplots(1, len(sets), figsize=(4 * len(sets), 3.6), sharey=True)
     for ax, label in zip(axes, sets):
         for method in FIG4_METHODS:
-            pts = [(r["rate"], r["acc_pruned"]) for r in rows if r["layer_set"] == label and r["method"] == method
-                   and r["ok"]]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", ms=4, label=method)
+            mine = [r for r in rows if r["layer_set"] == label and r["method"] == method and r["ok"]]
+            if mine:
+                line, = ax.plot([r["rate"] for r in mine], [r["acc_pruned"] for r in mine], marker="o", ms=4,
+                                label=method)
+                recal = [(r["rate"], r["acc_recalibrated"]) for r in mine if r.get("acc_recalibrated") is not None]
+                if recal:   # the same cut after BN recalibration: dashed, same colour
+                    ax.plot(*zip(*recal), ls=":", marker=".", color=line.get_color())
         ax.axhline(acc_base, ls="--", color="k", lw=1, label="baseline")
         ax.set_title(label)
         ax.set_xlabel("fraction of channels removed")
         ax.set_xticks(RATES)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy, no fine-tune")
+    axes[0].set_ylabel("test accuracy, no fine-tune (dotted: BN recalibrated)")
     fig.legend(*axes[0].get_legend_handles_labels(), loc="center right", fontsize=8)
     fig.suptitle("ThiNet Fig. 4 on Fashion-MNIST: VGG-8, layers pruned without fine-tuning")
     fig.tight_layout(rect=(0, 0, 0.91, 1))
