@@ -150,7 +150,7 @@ def decided(tuned: list[dict], folder: Path) -> list[dict]:
 def comparisons(means: dict) -> list[tuple]:
     """The pairs that decide a claim, as (row, variant) keys of ``means`` (seed-0 accuracy by key): the
     best secateur row (by seed 0, as the fine-tune chose it) against Torch-Pruning's best, from scratch
-    and distilled; and at equal measured latency, the latency-planned model against the MAC-planned
+    and distilled; the better automatic allocation (greedy, search) against uniform; and at equal measured latency, the latency-planned model against the MAC-planned
     one and Torch-Pruning's."""
     def best(tool):
         return max((k for k in means if k[0].startswith(tool + "/") and k[1] == "finetuned"),
@@ -159,6 +159,9 @@ def comparisons(means: dict) -> list[tuple]:
     if ours:
         pairs += [(ours, k) for k in (best("torch-pruning"), (ours[0], "scratch"), (ours[0], "distilled"))
                   if k in means]
+    chosen = [k for k in means if k[0] in ("secateur/greedy", "secateur/search") and k[1] == "finetuned"]
+    if chosen and ("secateur/uniform", "finetuned") in means:   # automatic allocation against uniform
+        pairs.append((max(chosen, key=lambda k: means[k]), ("secateur/uniform", "finetuned")))
     for row, variant in means:
         if row.endswith("/secateur-latency"):
             prefix = row.rsplit("/", 1)[0]
