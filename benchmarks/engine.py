@@ -255,7 +255,26 @@ def latency(quick: bool) -> list[dict]:
                 title=f"3. Real speed-up: {size}x{size}, batch {batch}, 2 threads, median over {runs_of} "
                       f"independent runs of the median of {repeats} (interleaved); efficiency = speedup x MAC "
                       f"ratio, min/max across the runs")
+    print("\nREADME table:\n" + readme_latency_table([r for r in rows if r.get("ok", True)]))
     return rows
+
+
+def readme_latency_table(rows: list[dict]) -> str:
+    """The README's speed-up table from the latency rows: speed-up (efficiency, its min-max across runs)."""
+    variants = [("secateur", 1), ("secateur", 8), ("secateur", 16), ("torch-pruning", None)]
+    lines = ["| model | layout | secateur `round_to=1` | `round_to=8` | `round_to=16` | Torch-Pruning |",
+             "|---|---|---|---|---|---|"]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for layout in dict.fromkeys(r["layout"] for r in rows if r["model"] == model):
+            found = {(r["tool"], r["round_to"]): r for r in rows if r["model"] == model and r["layout"] == layout}
+            cells = []
+            for key in variants:
+                r = found.get(key)
+                cells.append("–" if r is None or r.get("speedup") is None else
+                             f"{r['speedup']:.2f}× ({r['efficiency']:.2f}; {r['efficiency_min']:.2f}–"
+                             f"{r['efficiency_max']:.2f})")
+            lines.append(f"| {model} | {layout} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def prune_variants(name: str, base: nn.Module, x: torch.Tensor, batch: int):
