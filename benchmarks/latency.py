@@ -62,18 +62,11 @@ def _search(prune_at, lo: float, hi: float, ratio_of, aim: float, probes: int = 
 
 
 def joint_ratios(model, smalls: list, x, runtime: str, runs: int = RUNS) -> list[list[float]]:
-    """Each of ``smalls``' latency over ``model``'s, all timed in the same alternating rounds (so the
-    pruned models are compared under the same conditions), in ``runs`` independent sessions:
-    ratios[i] is small i's ratio in every session."""
-    base = rt.prepare(model, x, runtime, threads=THREADS)
-    repeats = max(10, min(500, int(250 / max(base.latency(repeats=5, warmup=2), 1e-3))))
-    out: list[list[float]] = [[] for _ in smalls]
-    for _ in range(runs):
-        prepared = [base] + [rt.prepare(m, x, runtime, threads=THREADS) for m in smalls]
-        whole, *cut = rt.alternating(prepared, repeats, rounds=6)
-        for i, c in enumerate(cut):
-            out[i].append(c / whole)
-    return out
+    """Each of ``smalls``' latency over ``model``'s, all timed in the same alternating rounds
+    (``secateur.runtimes.ratios_to``), in ``runs`` independent sessions: ratios[i] is small i's ratio
+    in every session."""
+    ratios = rt.ratios_to(model, x, runtime, threads=THREADS)
+    return [list(r) for r in zip(*(ratios(smalls) for _ in range(runs)))]
 
 
 def _tp(model, x, ratio: float):

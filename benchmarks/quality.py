@@ -150,8 +150,8 @@ def decided(tuned: list[dict], folder: Path) -> list[dict]:
 def comparisons(means: dict) -> list[tuple]:
     """The pairs that decide a claim, as (row, variant) keys of ``means`` (seed-0 accuracy by key): the
     best secateur row (by seed 0, as the fine-tune chose it) against Torch-Pruning's best, from scratch
-    and distilled; the better automatic allocation (greedy, search) against uniform; and at equal measured latency, the latency-planned model against the MAC-planned
-    one and Torch-Pruning's."""
+    and distilled; the better automatic allocation (greedy, search) against uniform; and at equal
+    measured latency, the latency-planned model against the MAC-planned one and Torch-Pruning's."""
     def best(tool):
         return max((k for k in means if k[0].startswith(tool + "/") and k[1] == "finetuned"),
                    key=lambda k: means[k], default=None)

@@ -169,9 +169,10 @@ def stages_table(records: Sequence[Mapping]) -> str:
 def _finish(recipe: Recipe, base, small, x, test, calib, records, history, out: Path) -> dict:
     acc = {"before": evaluate(base, test)["acc"], "after": evaluate(small, test)["acc"]}
     extra = {}
+    names = report_runtimes(recipe)
     if recipe.export["onnx"]:
-        extra = _export(recipe, base, small, x, test, calib, out)
-    extra.update(_runtimes(recipe, base, small, x, out))
+        extra = _export(recipe, base, small, x, test, calib, out, timed="onnxruntime" in names)
+    extra.update(_runtimes(names, base, small, x, out))
     from ..report import write_report
     write_report(out / "report", before=base, after=small, example_inputs=x, records=records, accuracy=acc,
                  history=history or None,
@@ -183,16 +184,17 @@ def _finish(recipe: Recipe, base, small, x, test, calib, records, history, out: 
             "files": sorted(p.name for p in out.iterdir())}
 
 
-def _export(recipe: Recipe, base, small, x, test, calib, out: Path) -> dict:
+def _export(recipe: Recipe, base, small, x, test, calib, out: Path, timed: bool) -> dict:
     """ONNX files of the baseline and the result (checked against PyTorch in ONNX Runtime), and with
-    [export] fp16/int8 their converted copies; report rows are (baseline, result) pairs."""
+    [export] fp16/int8 their converted copies; report rows are (baseline, result) pairs. ``timed``:
+    ONNX Runtime is among the report's runtimes, whose rows give its latency."""
     from ..io import onnx as ox
     paths = {"before": out / "baseline.onnx", "after": out / "model.onnx"}
     for label, model in (("before", base), ("after", small)):
         ox.export_onnx(model, x, paths[label], overwrite=True)
         ox.check_onnx(paths[label], model, x, rtol=1e-3, atol=1e-4)
     rows = {"ONNX file (MB)": tuple(paths[k].stat().st_size / 1e6 for k in paths)}
-    if "onnxruntime" not in report_runtimes(recipe):   # else its rows at batch 1 and 16 say it
+    if not timed:   # else the onnxruntime rows at batch 1 and 16 say it
         rows["ONNX Runtime latency, batch 1 (ms)"] = tuple(ox.ort_latency(paths[k], x) for k in paths)
     for kind in ("fp16", "int8"):
         if not recipe.export[kind]:
@@ -211,11 +213,11 @@ def _export(recipe: Recipe, base, small, x, test, calib, out: Path) -> dict:
 LATENCY_BATCHES = (1, 16)
 
 
-def _runtimes(recipe: Recipe, base, small, x, out: Path) -> dict:
-    """[export] runtimes: the baseline and the result on each runtime (checked against PyTorch first),
-    median latency at batch 1 and 16 on one thread; their exports under ``runtimes/``."""
+def _runtimes(names: list[str], base, small, x, out: Path) -> dict:
+    """[export] runtimes (``names``): the baseline and the result on each runtime (checked against
+    PyTorch first), median latency at batch 1 and 16 on one thread; their exports under ``runtimes/``."""
     rows = {}
-    for name in report_runtimes(recipe):
+    for name in names:
         for b in LATENCY_BATCHES:
             xb = with_batch(as_inputs(x, torch.device("cpu")), b)
             rows[f"{name} latency, batch {b} (ms)"] = tuple(

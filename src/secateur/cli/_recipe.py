@@ -38,7 +38,8 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple, Any]]] = {
     "baseline": {"epochs": (int, 3), "lr": (_ANY_NUMBER, 0.1), "weight_decay": (_ANY_NUMBER, 5e-4)},
     "finetune": {"epochs": (int, 1), "lr": (_ANY_NUMBER, 0.01), "weight_decay": (_ANY_NUMBER, 1e-4),
                  "recalibrate": (int, 20), "distill": (bool, False)},
-    "export": {"onnx": (bool, True), "fp16": (bool, False), "int8": (bool, False), "runtimes": ((list, str), "installed")},
+    "export": {"onnx": (bool, True), "fp16": (bool, False), "int8": (bool, False),
+               "runtimes": ((list, str), "installed")},
     "lowrank": {"energy": (_ANY_NUMBER, 0.0), "min_features": (int, 256)},
 }
 DATASETS = ("fashion-mnist", "cifar", "folder")

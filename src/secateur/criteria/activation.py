@@ -28,7 +28,6 @@ from ..train import all_sum
 from ._record import channel_dim, stream, taps
 
 
-
 def _pick(group: ChannelGroup, model: nn.Module, out_only: bool = False) -> tuple[Member, ...]:
     """The members of ``group`` whose layer is recorded: its BatchNorm layers if it has any (unless
     ``out_only``), else its conv/linear output rows."""

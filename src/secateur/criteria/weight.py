@@ -12,7 +12,6 @@ from ..graph import ChannelGroup, Role, Site
 from ._base import SiteCriterion, out_rows
 
 
-
 @dataclass(frozen=True)
 class Random:
     """Uniform random scores: the baseline every criterion must beat. Seeded per group."""

@@ -8,5 +8,5 @@ from ._base import Block, Layer, Norm, Weighted, handler_for, is_batchnorm, is_w
 from . import _builtin, _thirdparty  # noqa: F401  (register torch.nn's layers and known blocks)
 from ._probe import own_forward, probe
 
-__all__ = ["Block", "Layer", "Weighted", "Norm", "handler_for", "is_batchnorm", "is_weighted", "register", "take_", "own_forward",
-           "probe"]
+__all__ = ["Block", "Layer", "Weighted", "Norm", "handler_for", "is_batchnorm", "is_weighted", "register", "take_",
+           "own_forward", "probe"]

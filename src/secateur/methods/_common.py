@@ -15,7 +15,6 @@ from ..train import Distill, evaluate, fit, recalibrate_bn
 from ._records import StageRecord
 
 
-
 @dataclass
 class Result:
     """What a method returns: the final ``model`` (a new object) and one record per stage, e.g.

@@ -14,11 +14,11 @@ runtime it ships on.
 ``profile(model, graph, runtime)`` says where the time goes (``secateur profile`` on the command line).
 """
 from . import _backends  # noqa: F401  (registers the runtimes)
-from ._base import (Backend, Prepared, RuntimeMismatch, RuntimeMissing, agree, alternating, backend, backends,
-                    installed, measured_ratio, prepare, ratio_to, register)
+from ._base import (Backend, Prepared, RuntimeMismatch, RuntimeMissing, agree, backend, backends, installed,
+                    measured_ratio, prepare, ratio_to, ratios_to, register)
 from ._profile import LayerProfile, format_profile, plot_profile, profile
 from ._tables import Curve, LatencyTable, cache_file, cpu_name, grid, latency_table
 
 __all__ = ["Backend", "Curve", "LatencyTable", "LayerProfile", "Prepared", "RuntimeMismatch", "RuntimeMissing", "agree",
-           "alternating", "backend", "backends", "cache_file", "cpu_name", "format_profile", "grid", "installed", "latency_table", "measured_ratio",
-           "plot_profile", "prepare", "profile", "ratio_to", "register"]
+           "backend", "backends", "cache_file", "cpu_name", "format_profile", "grid", "installed", "latency_table", "measured_ratio",
+           "plot_profile", "prepare", "profile", "ratio_to", "ratios_to", "register"]

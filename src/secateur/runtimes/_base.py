@@ -175,13 +175,23 @@ def ratio_to(model: nn.Module, example_inputs, runtime: str = "torch", *, thread
     ``rounds`` alternating rounds, the medians compared, so that a machine's drift cancels. A round
     times each model for about ``seconds`` (at least 10 runs), so that milliseconds-long models are
     timed as steadily as long ones."""
+    many = ratios_to(model, example_inputs, runtime, threads=threads, rounds=rounds, seconds=seconds)
+    return lambda small: many([small])[0]
+
+
+def ratios_to(model: nn.Module, example_inputs, runtime: str = "torch", *, threads: int = 1, rounds: int = 6,
+              seconds: float = 0.25):
+    """Like :func:`ratio_to` for several models at once: the function takes a list of models and
+    times them all in the same alternating rounds with ``model``, so that they are compared with each
+    other under the same conditions; it returns their ratios in order."""
     base = prepare(model, example_inputs, runtime, threads=threads)
     repeats = max(10, min(500, int(seconds * 1e3 / max(base.latency(repeats=5, warmup=2), 1e-3))))
 
-    def ratio(small: nn.Module) -> float:
-        cut, whole = alternating([prepare(small, example_inputs, runtime, threads=threads), base], repeats, rounds)
-        return cut / whole
-    return ratio
+    def ratios(smalls: list[nn.Module]) -> list[float]:
+        *cut, whole = alternating([*(prepare(s, example_inputs, runtime, threads=threads) for s in smalls), base],
+                                  repeats, rounds)
+        return [c / whole for c in cut]
+    return ratios
 
 
 def alternating(prepared: list, repeats: int, rounds: int) -> list[float]:

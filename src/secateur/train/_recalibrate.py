@@ -20,7 +20,6 @@ from ._dist import init, summed
 from ._fit import _to, auto_channels_last
 
 
-
 def recalibrate_bn(model: nn.Module, loader, *, batches: int = 20, copy: bool = True) -> nn.Module:
     """A copy of ``model`` (``copy=False``: the model itself) whose BatchNorm running statistics are
     re-estimated on the first ``batches`` batches of ``loader``: each BN's statistics reset, then the
