@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -150,8 +151,10 @@ def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, 
         start = time.perf_counter()
         torch.manual_seed(seed)                    # a from-scratch row's initial weights too
         model, optim, n, callbacks = make()
-        try:
-            hist = fit(model, train, epochs=n, optim=optim, seed=seed, progress=False, callbacks=callbacks)
+        ck = out.parent / "checkpoints" / "-".join(str(k).replace("/", "-") for k in (name, row, variant, seed))
+        try:   # a long row (from scratch) resumes where a stopped run left it
+            hist = fit(model, train, epochs=n, optim=optim, seed=seed, progress=False, callbacks=callbacks,
+                       checkpoint=ck, resume=True)
         except Exception as e:   # a row that fails is reported, the others still run
             print(f"finetune {name} {row} {variant} seed {seed}: fails: {_common.error_line(e)}", flush=True)
             return
@@ -159,6 +162,7 @@ def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, 
         rows.append(dict(model=name, row=row, variant=variant, seed=seed, epochs=n, acc=float(ok.mean()),
                          train_loss=hist[-1]["loss"], seconds=time.perf_counter() - start, correct=_pack(ok)))
         _common._dump(out, rows, indent=1)
+        shutil.rmtree(ck)   # the row is in out now; the checkpoint was ours
         print(f"finetune {name} {row} {variant} seed {seed}: {ok.mean():.4f} ({time.perf_counter() - start:.0f} s)",
               flush=True)
 

@@ -130,3 +130,14 @@ def test_profile_shares_add_up_and_the_biggest_conv_comes_first(monkeypatch, tmp
     assert "compute" in rt.format_profile(rows, total, "staircase")
     rt.plot_profile(rows, tmp_path / "p.png", "staircase")
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_the_next_goal_follows_the_line_through_the_tries_nearest_the_aim() -> None:
+    from secateur.prune import next_goal
+    measured = lambda goal: 0.2 + 0.8 * goal   # noqa: E731  a runtime's fixed cost: affine, not proportional
+    first = next_goal([(0.5, measured(0.5))], 0.5)
+    assert math.isclose(first, 0.5 * 0.5 / 0.6)   # one try: scaled by aim / measured
+    second = next_goal([(0.5, measured(0.5)), (first, measured(first))], 0.5)
+    assert math.isclose(measured(second), 0.5)   # two: on the line, exactly
+    assert next_goal([(0.4, 0.41), (0.5, 0.40)], 0.5) == 0.5 * 0.5 / 0.40   # a falling line: scaled instead
+    assert next_goal([(0.5, 5.0)], 0.5) == 0.25 and next_goal([(0.8, 0.2)], 0.5) == 1.0   # at most halved or doubled

@@ -120,7 +120,7 @@ def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
     if target_latency is not None:
         return _cut_until(model, graph, replan, target.macs, plan, fold,
                           runtimes.ratio_to(model, graph.example_inputs, runtime, threads=threads), band=(0.95, 1.05),
-                          timed=True)
+                          timed=True, tries=8)
     if target_macs is not None:
         base = _macs(model, graph)
         if abs(base - estimate_macs(graph, facts, {})) > 1e-3 * base:   # not all MACs are in conv/linear
@@ -137,13 +137,12 @@ def _macs(model: nn.Module, graph: Graph) -> int:
 def _cut_until(model, graph: Graph, replan, aim: float, plan: Plan, fold: bool, ratio_of, *,
                band: tuple[float, float], timed: bool = False, tries: int = 5) -> nn.Module:
     """Cut by ``plan``, measure ``ratio_of(cut)``; while it is outside ``aim`` times ``band``, plan
-    again (``replan(goal)``) with the goal scaled by ``aim / ratio`` (the planner predicts conv and
-    linear MACs or layer latencies; attention's matrix products or a whole runtime shrink
-    differently). Returns the first cut within the band, else the closest (at or under the aim
-    preferred). A ``timed`` ratio that lands in the band is timed once more and the two averaged
-    before it is accepted: one timing on a busy machine moves by a few per cent; a timed miss warns."""
-    goal = aim
-    best = None
+    again (``replan(goal)``) for a corrected goal (the planner predicts conv and linear MACs or layer
+    latencies; attention's matrix products or a whole runtime shrink differently): :func:`next_goal`.
+    Returns the first cut within the band, else the closest (at or under the aim preferred). A
+    ``timed`` ratio that lands in the band is timed once more and the two averaged before it is
+    accepted (one timing on a busy machine moves by a few per cent); a timed miss warns."""
+    goal, tried, best = aim, [], None
     for _ in range(tries):
         small = apply(copy.deepcopy(model), graph, plan, fold=fold)
         got = ratio_of(small)
@@ -154,7 +153,8 @@ def _cut_until(model, graph: Graph, replan, aim: float, plan: Plan, fold: bool, 
             best = (rank, small, got)
         if rank[0]:
             break
-        goal = min(1.0, max(1e-3, goal * aim / got))
+        tried.append((goal, got))
+        goal = next_goal(tried, aim)
         try:
             plan = replan(goal)
         except ValueError:
@@ -163,3 +163,19 @@ def _cut_until(model, graph: Graph, replan, aim: float, plan: Plan, fold: bool, 
         warnings.warn(f"secateur.prune: measured {best[2]:.3f} of the baseline's latency, not within 5 % "
                       f"of target_latency={aim}; returning the closest cut", RuntimeWarning, stacklevel=3)
     return best[1]
+
+
+def next_goal(tried: list[tuple[float, float]], aim: float) -> float:
+    """The planner's next goal, from the (goal, measured ratio) pairs tried so far: on the line through
+    the two nearest the aim when it rises with the goal (a runtime's fixed cost makes the measured ratio
+    an affine, not a proportional, function of the goal), else the last goal scaled by aim / measured;
+    never more than twice or less than half the last goal, and in [1e-3, 1]."""
+    goal, got = tried[-1]
+    scaled = goal * aim / got
+    near = sorted(tried, key=lambda p: abs(p[1] - aim))[:2]
+    if len(near) == 2 and near[0][0] != near[1][0]:
+        (g0, r0), (g1, r1) = near
+        slope = (r1 - r0) / (g1 - g0)
+        if slope > 0:
+            scaled = g0 + (aim - r0) / slope
+    return min(1.0, max(1e-3, goal / 2, min(2 * goal, scaled)))
