@@ -141,3 +141,17 @@ def test_the_next_goal_follows_the_line_through_the_tries_nearest_the_aim() -> N
     assert math.isclose(measured(second), 0.5)   # two: on the line, exactly
     assert next_goal([(0.4, 0.41), (0.5, 0.40)], 0.5) == 0.5 * 0.5 / 0.40   # a falling line: scaled instead
     assert next_goal([(0.5, 5.0)], 0.5) == 0.25 and next_goal([(0.8, 0.2)], 0.5) == 1.0   # at most halved or doubled
+
+
+def test_a_latency_target_past_the_tables_floor_is_cut_to_the_floor_and_measured(monkeypatch) -> None:
+    monkeypatch.setitem(rt._base._BACKENDS, "staircase", Staircase())
+    model, x = _vgg(), torch.randn(1, 3, 16, 16)
+    graph = secateur.trace(model, x)
+    table = rt.latency_table(model, graph, "staircase", progress=False)
+    with pytest.raises(secateur.TargetError) as caught:   # the planner alone: out of reach, and how far it gets
+        secateur.plan.make_plan(graph, {g.index: torch.ones(g.size).numpy() for g in graph.prunable},
+                                secateur.Target(macs=0.01), secateur.plan.layer_facts(graph), table)
+    with pytest.warns(RuntimeWarning, match="not within 5 % of target_latency=0.01"):
+        small = secateur.prune(model, x, L1(), target_latency=0.01, runtime="staircase")
+    cost = [rt.prepare(m, x, "staircase").latency() for m in (model, small)]
+    assert cost[1] / cost[0] == pytest.approx(caught.value.reachable, rel=0.05) and caught.value.reachable > 0.01

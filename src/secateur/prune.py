@@ -15,7 +15,7 @@ from .criteria import Criterion, bind
 from .forward import eval_mode
 from .measure import count_macs
 from .graph import Graph, Role, trace
-from .plan import Plan, Target, estimate_macs, layer_facts, make_plan
+from .plan import Plan, Target, TargetError, estimate_macs, layer_facts, make_plan
 from .surgery import apply
 
 
@@ -115,7 +115,12 @@ def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
         costs = runtimes.latency_table(model, graph, runtime, threads=threads, progress=progress)
 
     def replan(goal: float) -> Plan:
-        return make_plan(graph, scores, replace(target, macs=goal), facts, costs)
+        try:
+            return make_plan(graph, scores, replace(target, macs=goal), facts, costs)
+        except TargetError as e:   # past the table's floor: plan the floor, and let the measurement judge
+            if costs is None or e.reachable is None or not e.reachable > goal:
+                raise
+            return make_plan(graph, scores, replace(target, macs=min(1.0, e.reachable * 1.001)), facts, costs)
     plan = replan(target.macs) if target.macs is not None else make_plan(graph, scores, target, facts)
     if target_latency is not None:
         return _cut_until(model, graph, replan, target.macs, plan, fold,
@@ -154,10 +159,12 @@ def _cut_until(model, graph: Graph, replan, aim: float, plan: Plan, fold: bool, 
         if rank[0]:
             break
         tried.append((goal, got))
-        goal = next_goal(tried, aim)
+        goal, last = next_goal(tried, aim), plan
         try:
             plan = replan(goal)
         except ValueError:
+            break
+        if plan == last:   # the planner can go no further that way: nothing new to measure
             break
     if not best[0][0] and timed:
         warnings.warn(f"secateur.prune: measured {best[2]:.3f} of the baseline's latency, not within 5 % "

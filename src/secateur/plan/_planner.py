@@ -13,7 +13,12 @@ from ._plan import Plan, estimate_macs, kept_counts, site_masks
 
 
 class TargetError(ValueError):
-    """The requested amount or MAC budget cannot be met."""
+    """The requested amount or MAC budget cannot be met. ``reachable``: where known, the least fraction
+    of the target's quantity (MACs, predicted cost) the model can be pruned to."""
+
+    def __init__(self, message: str, reachable: float | None = None):
+        super().__init__(message)
+        self.reachable = reachable
 
 
 @dataclass(frozen=True)
@@ -274,7 +279,7 @@ def _greedy(graph: Graph, facts, gs: _Groups, budget: float, floor: float, layer
                 heapq.heappush(heap, c)
     if book.total > budget:
         raise TargetError(f"the predicted cost cannot fall to {budget:.4g}: the most this model can be pruned "
-                          f"keeps {book.total:.4g}")
+                          f"keeps {book.total:.4g}", reachable=book.total)
     return r
 
 
@@ -292,7 +297,10 @@ def make_plan(graph: Graph, scores: Mapping[int, np.ndarray], target: Target, fa
             raise ValueError("a cost model plans for a target fraction (target.macs)")
         full = _CostBook(graph, facts, gs, {}, costs.layer).total
         budget = target.macs * (full + costs.fixed) - costs.fixed
-        chosen = _greedy(graph, facts, gs, budget, budget - 0.04 * target.macs * (full + costs.fixed), costs.layer)
+        try:
+            chosen = _greedy(graph, facts, gs, budget, budget - 0.04 * target.macs * (full + costs.fixed), costs.layer)
+        except TargetError as e:   # the fraction of the whole it can reach, for a caller that re-aims
+            raise TargetError(str(e), reachable=(e.reachable + costs.fixed) / (full + costs.fixed)) from None
         return Plan.from_masks(gs.masks(_top_up(graph, facts, gs, chosen, budget, True, costs.layer)))
     capacity = sum(gs.cap.values())
 

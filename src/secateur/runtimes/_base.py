@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import shutil
 import statistics
 import sys
 import tempfile
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +122,7 @@ class Prepared:
     arrays: list[np.ndarray]
     error: float            # the largest output difference from PyTorch, relative to the output's scale
     model: nn.Module        # what was exported (the caller's model; not changed)
-    files: object = None    # the temporary directory holding the exports, removed with this object
+    files: object = None    # removes the temporary folder holding the exports with this object
 
     def latency(self, *, repeats: int = 20, warmup: int = 5) -> float:
         """Median milliseconds of one run on the example inputs."""
@@ -142,12 +144,19 @@ def prepare(model: nn.Module, example_inputs, runtime: str = "torch", *, threads
     inputs = as_inputs(example_inputs, torch.device("cpu"))
     with inference(model, None):
         refs = [t.detach().double().numpy() for t in flat_tensors(checked_forward(model, inputs))]
-    temp = tempfile.TemporaryDirectory(prefix=f"secateur-{runtime}-") if folder is None else None
-    work = Path(folder) if folder is not None else Path(temp.name)
+    work = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix=f"secateur-{runtime}-"))
     work.mkdir(parents=True, exist_ok=True)
-    run = b.load(model, inputs, work, threads)
-    arrays = [t.detach().float().numpy() for t in inputs]
-    return Prepared(runtime, run, arrays, agree(run(arrays), refs, f"runtime {runtime!r}", rtol), model, temp)
+    try:
+        run = b.load(model, inputs, work, threads)
+        arrays = [t.detach().float().numpy() for t in inputs]
+        prepared = Prepared(runtime, run, arrays, agree(run(arrays), refs, f"runtime {runtime!r}", rtol), model)
+    except BaseException:
+        if folder is None:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    if folder is None:   # our temporary folder goes with the object, quietly (no ResourceWarning)
+        prepared.files = weakref.finalize(prepared, shutil.rmtree, work, ignore_errors=True)
+    return prepared
 
 
 def agree(outs: list, refs: list[np.ndarray], where: str, rtol: float) -> float:
