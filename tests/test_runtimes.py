@@ -155,3 +155,19 @@ def test_a_latency_target_past_the_tables_floor_is_cut_to_the_floor_and_measured
         small = secateur.prune(model, x, L1(), target_latency=0.01, runtime="staircase")
     cost = [rt.prepare(m, x, "staircase").latency() for m in (model, small)]
     assert cost[1] / cost[0] == pytest.approx(caught.value.reachable, rel=0.05) and caught.value.reachable > 0.01
+
+
+def test_a_latency_plan_thins_no_group_past_half_while_half_can_meet_the_target(monkeypatch) -> None:
+    monkeypatch.setitem(rt._base._BACKENDS, "staircase", Staircase())
+    model, x = _vgg(), torch.randn(1, 3, 16, 16)
+    full = [24, 40, 56, 72]
+
+    def widths(m):
+        return [c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)]
+    assert all(2 * w >= f for w, f in zip(widths(secateur.prune(model, x, L1(), target_latency=0.5,
+                                                                 runtime="staircase")), full))
+    deep = secateur.prune(model, x, L1(), target_latency=0.1, runtime="staircase")   # half cannot reach it
+    cost = [rt.prepare(m, x, "staircase").latency() for m in (model, deep)]
+    assert abs(cost[1] / cost[0] - 0.1) <= 0.005 and any(2 * w < f for w, f in zip(widths(deep), full))
+    with pytest.raises(ValueError, match="max_amount=0 must be in"):
+        secateur.prune(model, x, L1(), target_latency=0.5, runtime="staircase", max_amount=0)

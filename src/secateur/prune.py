@@ -67,11 +67,14 @@ def plan_per_layer(model: nn.Module, graph: Graph, criterion: Criterion, ratios:
                      Target(amount=rate, min_channels=min_channels, round_to=round_to), layer_facts(graph))
 
 
+LATENCY_LIMITS = (0.5, 0.75, 0.9, 1.0)   # max_amount's steps for a latency target, tightest first
+
+
 def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
           amount: float | Mapping[str, float] | None = None,
           target_macs: float | None = None, target_latency: float | None = None, runtime: str = "torch",
           threads: int = 1, ignore: Iterable = (), min_channels: int = 1,
-          round_to: int = 1, global_ranking: bool = False, max_amount: float = 1.0, fold: bool = True,
+          round_to: int = 1, global_ranking: bool = False, max_amount: float | None = None, fold: bool = True,
           data=None, progress: bool = True) -> nn.Module:
     """Return a physically smaller copy of ``model``; ``model`` itself is not changed.
 
@@ -87,7 +90,11 @@ def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
     min_channels: never leave a group with fewer channels. round_to: keep a multiple of N channels.
     global_ranking: one threshold across groups on scores normalised by each group's mean.
     max_amount: the most of any one group that may go (Torch-Pruning's max_pruning_ratio), so a global
-        ranking cannot thin a layer down to a bottleneck.
+        ranking cannot thin a layer down to a bottleneck. Default 1.0; with ``target_latency`` the
+        first of 0.5, 0.75, 0.9, 1.0 under which the table can meet the goal: planned on importance per
+        millisecond alone, the latency plan thins the high-resolution layers to a few channels (VGG-8 on
+        Fashion-MNIST at half the ONNX Runtime latency, batch 64: 0.899 after a 1-epoch fine-tune
+        without a limit, 0.925 with at most half of any group, at the same measured latency).
     fold: fold removed channels that are constant (e.g. BN with gamma = 0) into the next layer's bias.
     data: a calibration loader of (images, labels) for data-driven criteria (APoZ, Taylor, ThiNet,
         LASSO), e.g. ``secateur.data.calibration(dataset, 256)``; weight criteria ignore it.
@@ -101,26 +108,31 @@ def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
         runtimes.backend(runtime)   # a missing runtime is one line, before any work
     graph = trace(model, example_inputs, ignore=ignore)
     if isinstance(amount, Mapping):
-        if target_macs is not None or global_ranking or max_amount != 1.0:
+        if target_macs is not None or global_ranking or max_amount not in (None, 1.0):
             raise ValueError("per-layer amounts cannot be combined with target_macs=, global_ranking= or max_amount=")
         plan = plan_per_layer(model, graph, criterion, amount, min_channels=min_channels, round_to=round_to,
                               data=data)
         return apply(copy.deepcopy(model), graph, plan, fold=fold)
+    limits = (max_amount,) if max_amount is not None else LATENCY_LIMITS if target_latency is not None else (1.0,)
     target = Target(amount=amount, macs=target_latency if target_latency is not None else target_macs,
                     global_ranking=global_ranking, min_channels=min_channels, round_to=round_to,
-                    max_amount=max_amount)
+                    max_amount=limits[0])
     scores, facts = score(model, graph, criterion, data), layer_facts(graph)
     costs = None
     if target_latency is not None:
         costs = runtimes.latency_table(model, graph, runtime, threads=threads, progress=progress)
 
     def replan(goal: float) -> Plan:
-        try:
-            return make_plan(graph, scores, replace(target, macs=goal), facts, costs)
-        except TargetError as e:   # past the table's floor: plan the floor, and let the measurement judge
-            if costs is None or e.reachable is None or not e.reachable > goal:
-                raise
-            return make_plan(graph, scores, replace(target, macs=min(1.0, e.reachable * 1.001)), facts, costs)
+        for limit in limits:   # the tightest limit on any one group that can reach the goal
+            try:
+                return make_plan(graph, scores, replace(target, macs=goal, max_amount=limit), facts, costs)
+            except TargetError as e:
+                missed = e
+        if costs is None or missed.reachable is None or not missed.reachable > goal:
+            raise missed
+        # past the table's floor: plan the floor, and let the measurement judge
+        return make_plan(graph, scores, replace(target, macs=min(1.0, missed.reachable * 1.001),
+                                                max_amount=limits[-1]), facts, costs)
     plan = replan(target.macs) if target.macs is not None else make_plan(graph, scores, target, facts)
     if target_latency is not None:
         return _cut_until(model, graph, replan, target.macs, plan, fold,

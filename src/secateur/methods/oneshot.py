@@ -49,7 +49,7 @@ class OneShot:
     allocation: str = "uniform"
     round_to: int = 1
     min_channels: int = 1
-    max_amount: float = 1.0
+    max_amount: float | None = None
     inner_only: bool = False
     finetune_epochs: int = 0
     finetune_optim: Optim = field(default_factory=lambda: Optim(lr=0.01))
@@ -58,7 +58,7 @@ class OneShot:
         check_epochs(finetune_epochs=self.finetune_epochs)
         if self.layer_amounts is not None:
             if self.amount is not None or self.macs is not None or self.latency is not None \
-                    or self.allocation != "uniform" or self.max_amount != 1.0:
+                    or self.allocation != "uniform" or self.max_amount not in (None, 1.0):
                 raise ValueError("layer_amounts= (per-layer amounts) replaces amount=, macs=, latency=, "
                                  "allocation= and max_amount=")
             return
@@ -75,7 +75,7 @@ class OneShot:
             raise ValueError(f"latency={self.latency!r} must be in (0, 1]: the fraction of the latency to keep")
         Target(amount=self.amount, macs=self.latency if self.latency is not None else self.macs,
                global_ranking=self.allocation == "global", min_channels=self.min_channels, round_to=self.round_to,
-               max_amount=self.max_amount)
+               max_amount=1.0 if self.max_amount is None else self.max_amount)
 
 
 def one_shot(model: nn.Module, example_inputs, config: OneShot, *, calibration=None, train_loader=None,
@@ -97,7 +97,7 @@ def one_shot(model: nn.Module, example_inputs, config: OneShot, *, calibration=N
                              f"train_loader=")
         found = allocate(model, example_inputs, config.criterion, macs=config.macs, latency=config.latency,
                          runtime=config.runtime, threads=config.threads, loader=data, strategy=config.allocation,
-                         max_amount=min(config.max_amount, 0.9), round_to=config.round_to,
+                         max_amount=min(config.max_amount or 1.0, 0.9), round_to=config.round_to,
                          min_channels=config.min_channels, ignore=ignore, data=calibration, seed=stages.seed,
                          progress=stages.progress)
         amount, macs, latency = found.layers, None, None
