@@ -11,6 +11,7 @@ written after each one, and a rerun skips the rows already in the file.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import shutil
 import time
@@ -137,11 +138,11 @@ def _fresh(model: nn.Module) -> nn.Module:
 
 
 def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, scratch_epochs: int,
-             deadline: float, first_only: bool = False) -> list[dict]:
+             deadline: float, first_only: bool = False, only: list[str] | None = None) -> list[dict]:
     """Fine-tune every prepared row (seed 0), then (unless ``first_only``) distillation for each
     model's best secateur row, the seeds 1-2 of the best secateur and Torch-Pruning rows, and the best
     secateur architecture trained from scratch for ``scratch_epochs`` (seeds 0-2), until
-    ``deadline`` (time.time())."""
+    ``deadline`` (time.time()); ``only``: the prepared rows matching these patterns (fnmatch)."""
     rows = json.loads(out.read_text()) if out.exists() else []
     done = {(r["model"], r["row"], r["variant"], r["seed"]) for r in rows}
 
@@ -174,6 +175,8 @@ def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, 
     manifests = {n: json.loads((folder / n / "manifest.json").read_text()) for n in names}
     for name in names:
         for m in manifests[name]:
+            if only and not any(fnmatch.fnmatch(m["row"], p) for p in only):
+                continue
             run(name, m["row"], "finetuned", 0, lambda: (load(folder, name, m["row"]), FINETUNE, epochs, []))
     if first_only:
         return rows

@@ -8,8 +8,9 @@ For each model (torchvision, random weights, 1000 classes, batch 1, 224 px; ``--
 112 px) and runtime, at ``target_latency = 0.5``, on 2 threads:
 
 * ``secateur-latency``: ``secateur.prune(..., target_latency=0.5, runtime=)``: per-layer latency
-  tables (cached; cost and cache hits recorded), the greedy planner on them, then measured and
-  re-planned until within 5 %; the table's prediction for the final model is recorded too;
+  tables (cached; cost and cache hits recorded), the greedy planner on them (its default limit: at
+  most half of any group while that meets the goal), then measured and re-planned until within 5 %;
+  the table's prediction for the final model is recorded too;
 * ``secateur-macs``: the MAC planner, its ``target_macs`` searched (8 probes at most) until its
   measured latency is within 3 % of what the latency plan measures (median of 3): the two are
   compared at equal latency, what a user of a MAC-only tool does by hand;
@@ -85,11 +86,13 @@ def build(name: str, size: int, batch: int):
     return getattr(torchvision.models, name)().eval(), torch.randn(batch, 3, size, size)
 
 
-def run_one(name: str, size: int, runtime: str, batch: int = 1, keep: Path | None = None) -> list[dict]:
+def run_one(name: str, size: int, runtime: str, batch: int = 1, keep: Path | None = None,
+            limits: tuple[float, ...] = ()) -> list[dict]:
     """The three rows of one model on one runtime: the latency plan first, then the MAC plan and
     Torch-Pruning searched to *its* measured latency (equal latency, not only the same target), the
     three final models timed together in ``RUNS`` sessions; ``keep``: save each final model there
-    (with a manifest.json, as benchmarks/_quality_rows.py's prepare does) for the same fine-tune."""
+    (with a manifest.json, as benchmarks/_quality_rows.py's prepare does) for the same fine-tune;
+    ``limits``: also the latency plan with each of these ``max_amount`` (an ablation of its default)."""
     model, x = build(name, size, batch)
     macs0 = secateur.measure(model, x, latency=False).macs
     params0 = sum(p.numel() for p in model.parameters())
@@ -104,6 +107,9 @@ def run_one(name: str, size: int, runtime: str, batch: int = 1, keep: Path | Non
         "torch-pruning": lambda: _knobbed(_search(lambda r: _tp(model, x, 1 - r), 0.05, 1.0, ratio_of, aim),
                                           "pruning_ratio", invert=True),
     }
+    for limit in limits:
+        tools[f"secateur-latency-max{limit:g}"] = lambda limit=limit: (secateur.prune(
+            model, x, L1(), target_latency=TARGET, runtime=runtime, threads=THREADS, max_amount=limit), {})
     rows, made = [], {}
     for tool, make in tools.items():
         fields = dict(model=name, tool=tool, method=f"l1/{runtime}", target={"latency": TARGET}, batch=batch,
@@ -126,7 +132,7 @@ def run_one(name: str, size: int, runtime: str, batch: int = 1, keep: Path | Non
                          table_measured=table.measured, table_hits=table.hits)
         widths = [m.out_channels for m in small.modules() if isinstance(m, torch.nn.Conv2d)]
         made[tool] = small
-        rows.append(row(**fields, matched_to=aim if tool != "secateur-latency" else None,
+        rows.append(row(**fields, matched_to=None if tool.startswith("secateur-latency") else aim,
                         macs_ratio=secateur.measure(small, x, latency=False).macs / macs0,
                         params_ratio=sum(p.numel() for p in small.parameters()) / params0,
                         widths_multiple_of_8=sum(w % 8 == 0 for w in widths) / len(widths),
@@ -170,11 +176,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--runtimes", default="onnxruntime,torch")
     parser.add_argument("--batches", default="1", help="e.g. 1,64")
     parser.add_argument("--keep", type=Path, help="save every final model there, for benchmarks/quality.py's fine-tune")
+    parser.add_argument("--limits", default="", help="also the latency plan at these max_amount, e.g. 1.0,0.75")
     args = parser.parse_args(argv)
     setup(THREADS)
     models = [("resnet18", 112)] if args.quick else [(m, 224) for m in args.models.split(",")]
+    limits = tuple(float(v) for v in args.limits.split(",") if v)
     rows = [r for name, size in models for runtime in args.runtimes.split(",")
-            for batch in map(int, args.batches.split(",")) for r in run_one(name, size, runtime, batch, args.keep)]
+            for batch in map(int, args.batches.split(","))
+            for r in run_one(name, size, runtime, batch, args.keep, limits)]
     write_results("latency_quick" if args.quick else "latency", rows, ["benchmarks/latency.py", *argv],
                   keep_others=True)
     print_table(rows, [("model", "model"), ("runtime", "runtime"), ("tool", "tool"),

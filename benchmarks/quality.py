@@ -80,6 +80,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--quick", action="store_true", help="finetune: 1,024 training images, 1 scratch epoch (a dry run)")
     ap.add_argument("--first", action="store_true", help="finetune: only every row's seed-0 fine-tune")
     ap.add_argument("--prepare-rows", nargs="+", help="prepare: only these rows (e.g. secateur/greedy)")
+    ap.add_argument("--finetune-rows", nargs="+", help="finetune: only the rows matching these patterns (e.g. 'b64-*')")
     args = ap.parse_args(argv[1:])
     sections = args.only or SECTIONS
     started = time.perf_counter()
@@ -106,7 +107,7 @@ def main(argv: list[str]) -> None:
         q.finetune(folder, list(bases), lambda m: copy.deepcopy(bases[m]), loader,
                    DataLoader(fashion_mnist("test"), batch_size=1000), rows_file, epochs=1,
                    scratch_epochs=1 if args.quick else B["base"] + 1, deadline=time.time() + 60 * args.minutes,
-                   first_only=args.first)
+                   first_only=args.first, only=args.finetune_rows)
     if "report" in sections or "cut" in sections:
         if rows_file.exists():
             rows += decided(json.loads(rows_file.read_text()), folder)
@@ -165,8 +166,9 @@ def comparisons(means: dict) -> list[tuple]:
     for row, variant in means:
         if row.endswith("/secateur-latency"):
             prefix = row.rsplit("/", 1)[0]
-            pairs += [((row, variant), (f"{prefix}/{t}", variant)) for t in ("secateur-macs", "torch-pruning")
-                      if (f"{prefix}/{t}", variant) in means]
+            others = [f"{prefix}/{t}" for t in ("secateur-macs", "torch-pruning")] + \
+                [r for r, _ in means if r.startswith(f"{prefix}/secateur-latency-max")]   # its limit's ablation
+            pairs += [((row, variant), (other, variant)) for other in others if (other, variant) in means]
     return pairs
 
 
