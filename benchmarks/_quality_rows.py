@@ -153,7 +153,7 @@ def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, 
         torch.manual_seed(seed)                    # a from-scratch row's initial weights too
         model, optim, n, callbacks = make()
         ck = out.parent / "checkpoints" / "-".join(str(k).replace("/", "-") for k in (name, row, variant, seed))
-        try:   # a long row (from scratch) resumes where a stopped run left it
+        try:   # a long row (from scratch) resumes where a stopped run left it ("seconds": this run's part)
             hist = fit(model, train, epochs=n, optim=optim, seed=seed, progress=False, callbacks=callbacks,
                        checkpoint=ck, resume=True)
         except Exception as e:   # a row that fails is reported, the others still run

@@ -99,17 +99,18 @@ def run_one(name: str, size: int, runtime: str, batch: int = 1, keep: Path | Non
     graph = secateur.trace(model, x)
     ratio_of = lambda small: rt.measured_ratio(model, small, x, runtime, threads=THREADS)  # noqa: E731
     aim = TARGET
+
+    def latency_plan(limit: float | None = None):   # prune's default limit, or max_amount=limit
+        return lambda: (secateur.prune(model, x, L1(), target_latency=TARGET, runtime=runtime, threads=THREADS,
+                                       max_amount=limit), {})
     tools = {
-        "secateur-latency": lambda: (secateur.prune(model, x, L1(), target_latency=TARGET, runtime=runtime,
-                                                    threads=THREADS), {}),
+        "secateur-latency": latency_plan(),
         "secateur-macs": lambda: _knobbed(_search(lambda m: secateur.prune(model, x, L1(), target_macs=m),
                                                   0.05, 1.0, ratio_of, aim), "target_macs"),
         "torch-pruning": lambda: _knobbed(_search(lambda r: _tp(model, x, 1 - r), 0.05, 1.0, ratio_of, aim),
                                           "pruning_ratio", invert=True),
     }
-    for limit in limits:
-        tools[f"secateur-latency-max{limit:g}"] = lambda limit=limit: (secateur.prune(
-            model, x, L1(), target_latency=TARGET, runtime=runtime, threads=THREADS, max_amount=limit), {})
+    tools.update({f"secateur-latency-max{limit:g}": latency_plan(limit) for limit in limits})
     rows, made = [], {}
     for tool, make in tools.items():
         fields = dict(model=name, tool=tool, method=f"l1/{runtime}", target={"latency": TARGET}, batch=batch,

@@ -167,7 +167,7 @@ def comparisons(means: dict) -> list[tuple]:
         if row.endswith("/secateur-latency"):
             prefix = row.rsplit("/", 1)[0]
             others = [f"{prefix}/{t}" for t in ("secateur-macs", "torch-pruning")] + \
-                [r for r, _ in means if r.startswith(f"{prefix}/secateur-latency-max")]   # its limit's ablation
+                [r for r, v in means if v == variant and r.startswith(f"{prefix}/secateur-latency-max")]   # ablation
             pairs += [((row, variant), (other, variant)) for other in others if (other, variant) in means]
     return pairs
 

@@ -13,8 +13,8 @@ from ._plan import Plan, estimate_macs, kept_counts, site_masks
 
 
 class TargetError(ValueError):
-    """The requested amount or MAC budget cannot be met. ``reachable``: where known, the least fraction
-    of the target's quantity (MACs, predicted cost) the model can be pruned to."""
+    """The requested amount or MAC budget cannot be met. ``reachable``: where known (a cost-model
+    plan), the least fraction of the predicted cost the model can be pruned to."""
 
     def __init__(self, message: str, reachable: float | None = None):
         super().__init__(message)
@@ -227,12 +227,12 @@ def _top_up(graph: Graph, facts, gs: _Groups, removed: Mapping[int, int], budget
     return r
 
 
-def _greedy(graph: Graph, facts, gs: _Groups, budget: float, floor: float, layer) -> dict[int, int]:
+def _greedy(graph: Graph, facts, gs: _Groups, budget: float, floor: float, layer) -> tuple[dict[int, int], float]:
     """Remove, one step at a time, the units that lose the least importance per unit of cost saved,
-    until the predicted cost is within ``budget``. A step is the fewest units of one group (a
-    multiple of ``round_to``) that saves anything: on a latency staircase, down to the next stair.
-    Steps that would land below ``floor`` (a big stair overshooting the budget) wait while smaller
-    ones can still reach it."""
+    until the predicted cost is within ``budget``; return the removals and their predicted cost (over
+    ``budget`` when nothing more can go). A step is the fewest units of one group (a multiple of
+    ``round_to``) that saves anything: on a latency staircase, down to the next stair. Steps that would
+    land below ``floor`` (a big stair overshooting the budget) wait while smaller ones can still reach it."""
     r = {g: 0 for g in gs.ids}
     book = _CostBook(graph, facts, gs, r, layer)
     users: dict[str, set[int]] = {}
@@ -277,10 +277,7 @@ def _greedy(graph: Graph, facts, gs: _Groups, budget: float, floor: float, layer
             c = candidate(h)
             if c is not None:
                 heapq.heappush(heap, c)
-    if book.total > budget:
-        raise TargetError(f"the predicted cost cannot fall to {budget:.4g}: the most this model can be pruned "
-                          f"keeps {book.total:.4g}", reachable=book.total)
-    return r
+    return r, book.total
 
 
 def make_plan(graph: Graph, scores: Mapping[int, np.ndarray], target: Target, facts, costs=None) -> Plan:
@@ -297,10 +294,11 @@ def make_plan(graph: Graph, scores: Mapping[int, np.ndarray], target: Target, fa
             raise ValueError("a cost model plans for a target fraction (target.macs)")
         full = _CostBook(graph, facts, gs, {}, costs.layer).total
         budget = target.macs * (full + costs.fixed) - costs.fixed
-        try:
-            chosen = _greedy(graph, facts, gs, budget, budget - 0.04 * target.macs * (full + costs.fixed), costs.layer)
-        except TargetError as e:   # the fraction of the whole it can reach, for a caller that re-aims
-            raise TargetError(str(e), reachable=(e.reachable + costs.fixed) / (full + costs.fixed)) from None
+        chosen, least = _greedy(graph, facts, gs, budget, budget - 0.04 * target.macs * (full + costs.fixed),
+                                costs.layer)
+        if least > budget:
+            raise TargetError(f"the predicted cost cannot fall to {budget:.4g}: the most this model can be pruned "
+                              f"keeps {least:.4g}", reachable=(least + costs.fixed) / (full + costs.fixed))
         return Plan.from_masks(gs.masks(_top_up(graph, facts, gs, chosen, budget, True, costs.layer)))
     capacity = sum(gs.cap.values())
 
