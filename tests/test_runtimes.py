@@ -104,6 +104,21 @@ def test_a_latency_table_predicts_the_staircase_and_is_read_from_its_cache(monke
     assert again.measured == 0 and again.hits == table.measured and again.curves == table.curves
 
 
+def test_a_noisy_curve_is_read_non_decreasing_so_noise_never_looks_like_a_saving(monkeypatch, tmp_path) -> None:
+    assert rt.monotone([8, 16, 24, 32], [0.5, 0.3, 0.7, 0.6]) == pytest.approx([0.4, 0.4, 0.65, 0.65])
+    assert rt.monotone([8, 16], [0.1, 0.2]) == [0.1, 0.2] and rt.monotone([8], [0.3]) == [0.3]
+
+    class Noisy(Staircase):   # 24 output channels timed slower than 32: the noise of a small layer
+        def latency(self, prepared, repeats, warmup):
+            convs = [m for m in prepared.model.modules() if isinstance(m, nn.Conv2d)]
+            return super().latency(prepared, repeats, warmup) + (2.0 if [c.out_channels for c in convs] == [24] else 0)
+    monkeypatch.setitem(rt._base._BACKENDS, "noisy", Noisy())
+    model, x = _vgg(), torch.randn(1, 3, 16, 16)
+    table = rt.latency_table(model, secateur.trace(model, x), "noisy", cache=tmp_path, progress=False)
+    curve = table.curves["3"]   # 24 -> 40 channels: the point at 24 outputs is 2 ms too slow
+    assert curve.out_ms == sorted(curve.out_ms) and curve.out_ms[2] == curve.out_ms[3]
+
+
 def test_target_latency_plans_on_the_table_and_snaps_widths_to_the_stairs(monkeypatch, tmp_path) -> None:
     monkeypatch.setitem(rt._base._BACKENDS, "staircase", Staircase())
     monkeypatch.setenv("SECATEUR_CACHE", str(tmp_path))   # an empty cache: every layer is timed

@@ -3,9 +3,12 @@
 For each weighted layer, at the input shape it sees in the model (batch included), the layer alone is
 timed on the runtime at a grid of kept output widths (all inputs kept) and of kept input widths (all
 outputs kept): multiples of 8 (of ``groups`` for grouped convs), 16 points a curve at most, plus the
-full width. A depthwise conv has one curve (its inputs, outputs and groups shrink together). A width
-between grid points costs what the next grid point above it costs (the staircase, read
-conservatively), and a layer at ``(c_in, c_out)`` is predicted as ``out(c_out) * in(c_in) / full``.
+full width. A depthwise conv has one curve (its inputs, outputs and groups shrink together). Each point
+is timed for at least ``MIN_MS`` of runs (median), and each curve is made non-decreasing by isotonic
+regression: a layer is never slower with fewer channels on a grid of multiples of 8, so a point above
+the next one is timing noise (small layers at batch 1 take tenths of a millisecond). A width between
+grid points costs what the next grid point above it costs (the staircase, read conservatively), and a
+layer at ``(c_in, c_out)`` is predicted as ``out(c_out) * in(c_in) / in(full)``.
 
 Every timing is cached on disk (``$SECATEUR_CACHE``, else ``$XDG_CACHE_HOME/secateur/latency``, one JSON file per machine,
 runtime, runtime version and thread count, keyed by the layer's signature and widths), so a second
@@ -33,6 +36,9 @@ from ..forward import inference
 from ..layers import handler_for, is_weighted
 from ._base import alternating, backend, prepare
 
+MIN_MS = 20.0     # each table point is timed for at least this many milliseconds of runs
+PROTOCOL = "min20ms"   # how points are timed: part of the cache key, so a change re-measures
+
 
 @dataclass
 class Curve:
@@ -52,9 +58,9 @@ class Curve:
 
     def ms(self, c_in: int, c_out: int) -> float:
         out = self._at(self.out_widths, self.out_ms, c_out)
-        if self.depthwise or self.full <= 0:
+        if self.depthwise or not self.in_ms or self.in_ms[-1] <= 0:
             return out
-        return out * self._at(self.in_widths, self.in_ms, c_in) / self.full
+        return out * self._at(self.in_widths, self.in_ms, c_in) / self.in_ms[-1]
 
 
 @dataclass
@@ -93,6 +99,15 @@ class LatencyTable:
         return self.scale * sum(c.full for c in self.curves.values()) + self.fixed
 
 
+def monotone(widths: list[int], ms: list[float]) -> list[float]:
+    """``ms`` made non-decreasing in ``widths`` (isotonic regression: the closest such curve in squared
+    error), so that noise never makes a layer look faster with more channels."""
+    if len(ms) < 2:
+        return list(ms)
+    from sklearn.isotonic import IsotonicRegression
+    return IsotonicRegression(increasing=True).fit_transform(widths, ms).tolist()
+
+
 def grid(size: int, unit: int = 8, points: int = 16) -> list[int]:
     """Kept widths to time for a dim of ``size``: multiples of ``unit`` (at most ``points``) and ``size``."""
     unit = max(1, unit)
@@ -123,7 +138,8 @@ def cache_file(runtime: str, threads: int, folder: str | os.PathLike | None = No
     """Where timings for ``runtime`` on this machine are cached."""
     root = Path(folder or os.environ.get("SECATEUR_CACHE") or
                 Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "secateur" / "latency")
-    key = hashlib.sha256(f"{cpu_name()} x{os.cpu_count()}|{runtime}|{_version(runtime)}|{threads}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{cpu_name()} x{os.cpu_count()}|{runtime}|{_version(runtime)}|{threads}|{PROTOCOL}"
+                         .encode()).hexdigest()[:16]
     return root / f"{runtime}-{key}.json"
 
 
@@ -167,7 +183,8 @@ def _time(layer: nn.Module, shape: tuple[int, ...], runtime: str, threads: int, 
         if not runtime.startswith("torch"):
             _onnx(layer, shape, Path(folder) / "model.onnx")   # else the runtime exports it itself
         p = prepare(layer, x, runtime, threads=threads, folder=folder)
-        return p.latency(repeats=repeats, warmup=2)
+        first = p.latency(repeats=3, warmup=2)
+        return p.latency(repeats=max(repeats, min(200, math.ceil(MIN_MS / max(first, 1e-3)))), warmup=0)
 
 
 def _inputs(model: nn.Module, example_inputs, modules: set[str]) -> dict[str, list[tuple[int, ...]]]:
@@ -231,9 +248,9 @@ def latency_table(model: nn.Module, graph, runtime: str = "torch", *, threads: i
                 t += stored[key]
                 bar.update(1)
             ms[(ci, co)] = t
-        full = ms[(pairs[0][0], outs[-1])] if not depthwise else ms[(outs[-1], outs[-1])]
-        curves[name] = Curve(outs, [ms[p] for p in pairs[:len(outs)]], ins, [ms[p] for p in pairs[len(outs):]],
-                             full, depthwise)
+        out_ms = monotone(outs, [ms[p] for p in pairs[:len(outs)]])
+        curves[name] = Curve(outs, out_ms, ins, monotone(ins, [ms[p] for p in pairs[len(outs):]]), out_ms[-1],
+                             depthwise)
     bar.close()
     if measured:
         _store(path, stored)
@@ -247,15 +264,22 @@ def _widths(m: nn.Module) -> tuple[int, int]:
     return handler_for(m).io(m)[:2]
 
 
+def _half(size: int) -> int:
+    """About half of ``size`` kept, on the grid (a multiple of 8, as the planner keeps): a width off
+    it (24 -> 12) sends the whole model down a runtime's slow path (ONNX Runtime's blocked layout
+    needs multiples of 8) and the fit would read that as the layers saving little."""
+    return size if size <= 8 else max(8, int(size / 16 + 0.5) * 8)
+
+
 def _fit(table: LatencyTable, model: nn.Module, graph, runtime: str, threads: int, repeats: int) -> None:
-    """Set ``scale`` and ``fixed`` from the whole model at full width and at half width, timed in
+    """Set ``scale`` and ``fixed`` from the whole model at full width and at about half width, timed in
     alternating rounds (medians), so that a machine's drift cancels."""
     import copy
     from ..plan import Plan
     from ..surgery import apply
     full = table.predict(model)
     half = apply(copy.deepcopy(model), graph,
-                 Plan.from_masks({g.index: np.arange(g.size) >= g.size // 2 for g in graph.prunable}))
+                 Plan.from_masks({g.index: np.arange(g.size) >= g.size - _half(g.size) for g in graph.prunable}))
     whole, small = alternating([prepare(m, graph.example_inputs, runtime, threads=threads) for m in (model, half)],
                                repeats, rounds=3)
     part = table.predict(half)
