@@ -117,9 +117,10 @@ def run_one(name: str, size: int, runtime: str, batch: int = 1, keep: Path | Non
                       runtime=runtime, input_size=x.shape[-1], threads=THREADS, section="latency")
         start = time.perf_counter()
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with warnings.catch_warnings(record=True) as caught:   # kept in the row: a re-plan that missed says so
+                warnings.simplefilter("always")
                 small, extra = make()
+                missed = [str(w.message) for w in caught if "secateur.prune" in str(w.message)]
                 seconds = time.perf_counter() - start
                 if tool == "secateur-latency":   # the others are searched to what this one measures
                     aim = statistics.median(ratio_of(small) for _ in range(RUNS))
@@ -137,7 +138,7 @@ def run_one(name: str, size: int, runtime: str, batch: int = 1, keep: Path | Non
                         macs_ratio=secateur.measure(small, x, latency=False).macs / macs0,
                         params_ratio=sum(p.numel() for p in small.parameters()) / params0,
                         widths_multiple_of_8=sum(w % 8 == 0 for w in widths) / len(widths),
-                        tool_seconds=seconds, **extra))
+                        tool_seconds=seconds, warning=missed[-1] if missed else None, **extra))
     timed = dict(zip(made, joint_ratios(model, list(made.values()), x, runtime)))
     for r in rows:
         if r["tool"] in timed:
