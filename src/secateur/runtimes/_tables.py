@@ -48,8 +48,12 @@ class Curve:
     out_ms: list[float]
     in_widths: list[int]
     in_ms: list[float]
-    full: float
     depthwise: bool = False
+
+    @property
+    def full(self) -> float:
+        """Milliseconds at full width (the last point of the output curve)."""
+        return self.out_ms[-1]
 
     @staticmethod
     def _at(widths: list[int], ms: list[float], w: int) -> float:
@@ -248,9 +252,8 @@ def latency_table(model: nn.Module, graph, runtime: str = "torch", *, threads: i
                 t += stored[key]
                 bar.update(1)
             ms[(ci, co)] = t
-        out_ms = monotone(outs, [ms[p] for p in pairs[:len(outs)]])
-        curves[name] = Curve(outs, out_ms, ins, monotone(ins, [ms[p] for p in pairs[len(outs):]]), out_ms[-1],
-                             depthwise)
+        curves[name] = Curve(outs, monotone(outs, [ms[p] for p in pairs[:len(outs)]]),
+                             ins, monotone(ins, [ms[p] for p in pairs[len(outs):]]), depthwise)
     bar.close()
     if measured:
         _store(path, stored)
