@@ -83,7 +83,8 @@ class OpenVINO(FromOnnx):
         import openvino as ov
         core = ov.Core()
         compiled = core.compile_model(core.read_model(os.fspath(path)), "CPU",
-                                      {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+                                      {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                                       "INFERENCE_PRECISION_HINT": "f32"})   # not bf16 where the CPU has it
         request = compiled.create_infer_request()
 
         def run(arrays):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import os
 import shutil
 import statistics
@@ -194,13 +195,20 @@ def ratios_to(model: nn.Module, example_inputs, runtime: str = "torch", *, threa
     times them all in the same alternating rounds with ``model``, so that they are compared with each
     other under the same conditions; it returns their ratios in order."""
     base = prepare(model, example_inputs, runtime, threads=threads)
-    repeats = max(10, min(500, int(seconds * 1e3 / max(base.latency(repeats=5, warmup=2), 1e-3))))
+    repeats = repeats_for(base, seconds * 1e3, least=10, most=500, probe=5)
 
     def ratios(smalls: list[nn.Module]) -> list[float]:
         *cut, whole = alternating([*(prepare(s, example_inputs, runtime, threads=threads) for s in smalls), base],
                                   repeats, rounds)
         return [c / whole for c in cut]
     return ratios
+
+
+def repeats_for(prepared: Prepared, ms: float, *, least: int, most: int, probe: int) -> int:
+    """How many runs of ``prepared`` fill about ``ms`` milliseconds, from a ``probe``-run timing (after
+    2 warm-up runs), kept in [least, most]: a milliseconds-long model is timed as steadily as a long one."""
+    first = prepared.latency(repeats=probe, warmup=2)
+    return max(least, min(most, math.ceil(ms / max(first, 1e-3))))
 
 
 def alternating(prepared: list, repeats: int, rounds: int) -> list[float]:

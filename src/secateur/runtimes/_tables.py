@@ -34,7 +34,7 @@ from torch import nn
 
 from ..forward import inference
 from ..layers import handler_for, is_weighted
-from ._base import alternating, backend, prepare
+from ._base import alternating, backend, prepare, repeats_for
 
 MIN_MS = 20.0     # each table point is timed for at least this many milliseconds of runs
 PROTOCOL = "min20ms"   # how points are timed: part of the cache key, so a change re-measures
@@ -187,8 +187,7 @@ def _time(layer: nn.Module, shape: tuple[int, ...], runtime: str, threads: int, 
         if not runtime.startswith("torch"):
             _onnx(layer, shape, Path(folder) / "model.onnx")   # else the runtime exports it itself
         p = prepare(layer, x, runtime, threads=threads, folder=folder)
-        first = p.latency(repeats=3, warmup=2)
-        return p.latency(repeats=max(repeats, min(200, math.ceil(MIN_MS / max(first, 1e-3)))), warmup=0)
+        return p.latency(repeats=repeats_for(p, MIN_MS, least=repeats, most=200, probe=3), warmup=0)
 
 
 def _inputs(model: nn.Module, example_inputs, modules: set[str]) -> dict[str, list[tuple[int, ...]]]:
