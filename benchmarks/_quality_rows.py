@@ -5,7 +5,8 @@
 and after BN recalibration, what choosing the allocation cost). *finetune* (any device; the GPU when
 there is one): each model fine-tuned the same way, then the rows that decide a claim again with more
 seeds, the best row trained from scratch, and the best row with distillation; every row keeps the
-per-image correctness on the test split (hex of packed bits) for the paired bootstrap. Rows are
+per-image correctness on the test split (hex of packed bits) for the paired bootstrap and its
+prepared model's manifest entry (``prepared``), so that the rows file alone makes the report. Rows are
 written after each one, and a rerun skips the rows already in the file.
 """
 from __future__ import annotations
@@ -160,8 +161,10 @@ def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, 
             print(f"finetune {name} {row} {variant} seed {seed}: fails: {_common.error_line(e)}", flush=True)
             return
         ok = correctness(model, test)
+        made = next(m for m in manifests[name] if m["row"] == row)   # the row carries how it was made
         rows.append(dict(model=name, row=row, variant=variant, seed=seed, epochs=n, acc=float(ok.mean()),
-                         train_loss=hist[-1]["loss"], seconds=time.perf_counter() - start, correct=_pack(ok)))
+                         train_loss=hist[-1]["loss"], seconds=time.perf_counter() - start, correct=_pack(ok),
+                         prepared={k: v for k, v in made.items() if k != "row"}))
         _common._dump(out, rows, indent=1)
         shutil.rmtree(ck)   # the row is in out now; the checkpoint was ours
         print(f"finetune {name} {row} {variant} seed {seed}: {ok.mean():.4f} ({time.perf_counter() - start:.0f} s)",

@@ -22,7 +22,9 @@ ResNet-56), at half and at a quarter of the MACs, Torch-Pruning 1.6.1 side by si
 
 Accuracy is on the full 10,000-image test split; calibration data (data criteria, ThiNet, LASSO) is
 1,000 training images. Each finished section is kept under benchmarks/.cache/full/ and skipped by a
-rerun (delete its rows file to measure again). Intra-op threads: $OMP_NUM_THREADS if set, else 2.
+rerun (delete its rows file to measure again); the fine-tuned rows (each with its per-image
+correctness and how its model was prepared) go to benchmarks/results/quality-finetune.json, which is
+committed, so that a new checkout resumes the fine-tunes and rebuilds the report without the cache. Intra-op threads: $OMP_NUM_THREADS if set, else 2.
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ OURS = ("random", "l1", "apoz", "taylor", "taylor2019", "thinet", "lasso")
 THEIRS = ("l1", "bnscale", "taylor")
 SECTIONS = ("cut", "prepare", "finetune", "report")
 MODELS = ("vgg8", "resnet56")
+ROWS = Path(__file__).resolve().parent / "results" / "quality-finetune.json"   # committed: days of CPU
 
 
 def cut(name, base, acc_base, calib, train, test) -> list[dict]:
@@ -74,7 +77,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--only", choices=SECTIONS, action="append", help="run only these sections")
     ap.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     ap.add_argument("--folder", type=Path, help="prepared models (default benchmarks/.cache/full/quality-models)")
-    ap.add_argument("--rows", type=Path, help="fine-tuned rows (default benchmarks/.cache/full/quality-finetune.json)")
+    ap.add_argument("--rows", type=Path, help=f"fine-tuned rows (default {ROWS.relative_to(ROWS.parents[2])}; "
+                    "--quick: benchmarks/.cache/full/quality-finetune-quick.json)")
     ap.add_argument("--minutes", type=float, default=1e9, help="finetune: start no row after this many minutes")
     ap.add_argument("--workers", type=int, default=0, help="finetune: data loader processes")
     ap.add_argument("--quick", action="store_true", help="finetune: 1,024 training images, 1 scratch epoch (a dry run)")
@@ -86,7 +90,7 @@ def main(argv: list[str]) -> None:
     started = time.perf_counter()
     mode, B, ck, name, train, test, calib = prepare(False, "quality")
     folder = args.folder or ck / "quality-models"
-    rows_file = args.rows or ck / "quality-finetune.json"
+    rows_file = args.rows or (ck / "quality-finetune-quick.json" if args.quick else ROWS)
     bases = {m: baseline(m, mode, train, test, B["base"]) for m in args.models}
     rows = []
     for model, base in bases.items():
@@ -120,7 +124,8 @@ def decided(tuned: list[dict], folder: Path) -> list[dict]:
     prepared model's MACs and accuracy after the cut, and the paired bootstrap of the decisions."""
     out = []
     for model in dict.fromkeys(r["model"] for r in tuned):
-        manifest = {m["row"]: m for m in json.loads((folder / model / "manifest.json").read_text())}
+        kept = folder / model / "manifest.json"   # rows written before they carried "prepared"
+        manifest = {m["row"]: m for m in json.loads(kept.read_text())} if kept.exists() else {}
         groups = {}
         for r in tuned:
             if r["model"] == model:
@@ -131,7 +136,7 @@ def decided(tuned: list[dict], folder: Path) -> list[dict]:
             tool, method = row.split("/")
             accs = [r["acc"] for r in rs]
             means[row, variant] = np.mean([q.unpack(r["correct"], 10_000) for r in rs], axis=0)
-            m = manifest[row]
+            m = rs[0].get("prepared") or manifest[row]
             out.append(_common.row(
                 model=model, tool=tool, method=f"{method} ({variant})", experiment="finetune",
                 target=m.get("target", {"macs": q.TARGET}), macs_ratio=m["macs_ratio"], params_ratio=m["params_ratio"],

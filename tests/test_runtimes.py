@@ -158,6 +158,28 @@ def test_the_next_goal_follows_the_line_through_the_tries_nearest_the_aim() -> N
     assert next_goal([(0.5, 5.0)], 0.5) == 0.25 and next_goal([(0.8, 0.2)], 0.5) == 1.0   # at most halved or doubled
 
 
+def test_each_ratio_loads_every_model_afresh_and_takes_the_median_over_sessions(monkeypatch, tmp_path) -> None:
+    monkeypatch.setitem(rt._base._BACKENDS, "staircase", Staircase())
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    loads = []
+    load = Staircase.load
+    monkeypatch.setattr(Staircase, "load", lambda self, m, *a: loads.append(m) or load(self, m, *a))
+    model, x = _vgg(), torch.randn(1, 3, 16, 16)
+    small = secateur.prune(model, x, L1(), amount=0.5)
+    cost = [rt.prepare(m, x, "staircase").latency() for m in (model, small)]
+    loads.clear()
+    ratios = rt.ratios_to(model, x, "staircase", sessions=3, rounds=2)
+    assert ratios([small, model]) == [pytest.approx(cost[1] / cost[0]), 1.0]
+    assert ratios([small])[0] == pytest.approx(cost[1] / cost[0])
+    # the original: once for the probe, then 3 loads a call (as the base; 3 more as one of the first
+    # call's models); no session of it is kept across calls
+    assert sum(m is model for m in loads) == 1 + (3 + 3) + 3 and sum(m is small for m in loads) == 3 + 3
+    del ratios
+    assert not list(tmp_path.iterdir())   # its exports went with it
+    with pytest.raises(ValueError, match="sessions=0 must be >= 1"):
+        rt.ratios_to(model, x, "staircase", sessions=0)
+
+
 def test_a_latency_target_past_the_tables_floor_is_cut_to_the_floor_and_measured(monkeypatch) -> None:
     monkeypatch.setitem(rt._base._BACKENDS, "staircase", Staircase())
     model, x = _vgg(), torch.randn(1, 3, 16, 16)

@@ -84,8 +84,9 @@ def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
     target_latency: fraction of the latency to keep, measured on ``runtime`` (a ``secateur.runtimes``
         name: "torch", "onnxruntime", "openvino", ...) on ``threads`` CPU threads at the batch of
         ``example_inputs``: planned on per-layer latency tables of that runtime (timed once, cached
-        on disk; widths snap to the stairs of its blocked layouts), then measured and re-planned
-        until within 5 % of the target (a warning says when it cannot be).
+        on disk; widths snap to the stairs of its blocked layouts), then measured (the median of 3
+        independent loads of the cut and the original, each pair timed in alternating rounds) and
+        re-planned until within 5 % of the target (a warning says when it cannot be).
     ignore: modules (objects or names) whose outputs are kept whole; the classifier always is.
     min_channels: never leave a group with fewer channels. round_to: keep a multiple of N channels.
     global_ranking: one threshold across groups on scores normalised by each group's mean.
@@ -136,7 +137,8 @@ def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
     plan = replan(target.macs) if target.macs is not None else make_plan(graph, scores, target, facts)
     if target_latency is not None:
         return _cut_until(model, graph, replan, target.macs, plan, fold,
-                          runtimes.ratio_to(model, graph.example_inputs, runtime, threads=threads), band=(0.95, 1.05),
+                          runtimes.ratio_to(model, graph.example_inputs, runtime, threads=threads, sessions=3,
+                                            rounds=2), band=(0.95, 1.05),
                           timed=True, tries=8)
     if target_macs is not None:
         base = _macs(model, graph)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import itertools
 import math
 import os
 import shutil
@@ -180,27 +181,50 @@ def agree(outs: list, refs: list[np.ndarray], where: str, rtol: float) -> float:
 
 
 def ratio_to(model: nn.Module, example_inputs, runtime: str = "torch", *, threads: int = 1, rounds: int = 6,
-             seconds: float = 0.25):
+             seconds: float = 0.25, sessions: int = 1):
     """A function giving a model's latency relative to ``model``'s on ``runtime``: both timed in
     ``rounds`` alternating rounds, the medians compared, so that a machine's drift cancels. A round
     times each model for about ``seconds`` (at least 10 runs), so that milliseconds-long models are
-    timed as steadily as long ones."""
-    many = ratios_to(model, example_inputs, runtime, threads=threads, rounds=rounds, seconds=seconds)
+    timed as steadily as long ones; ``sessions``: see :func:`ratios_to`."""
+    many = ratios_to(model, example_inputs, runtime, threads=threads, rounds=rounds, seconds=seconds,
+                     sessions=sessions)
     return lambda small: many([small])[0]
 
 
 def ratios_to(model: nn.Module, example_inputs, runtime: str = "torch", *, threads: int = 1, rounds: int = 6,
-              seconds: float = 0.25):
+              seconds: float = 0.25, sessions: int = 1):
     """Like :func:`ratio_to` for several models at once: the function takes a list of models and
     times them all in the same alternating rounds with ``model``, so that they are compared with each
-    other under the same conditions; it returns their ratios in order."""
-    base = prepare(model, example_inputs, runtime, threads=threads)
-    repeats = repeats_for(base, seconds * 1e3, least=10, most=500, probe=5)
+    other under the same conditions; it returns their ratios in order. Each call loads every model,
+    ``model`` included, in fresh runtime sessions (one export each): a session's own speed (where its
+    buffers and threads landed) moves a small model's batch-1 time by up to 10 %, and one session of
+    ``model`` kept across calls would bias every ratio alike. ``sessions`` > 1: the median ratio over
+    that many independent loads of every model."""
+    if sessions < 1:
+        raise ValueError(f"sessions={sessions!r} must be >= 1")
+    home = Path(tempfile.mkdtemp(prefix=f"secateur-{runtime}-"))   # the exports, one folder a model
+    try:
+        repeats = repeats_for(prepare(model, example_inputs, runtime, threads=threads, folder=home / "base"),
+                              seconds * 1e3, least=10, most=500, probe=5)
+    except BaseException:
+        shutil.rmtree(home, ignore_errors=True)
+        raise
+    calls = itertools.count()
 
     def ratios(smalls: list[nn.Module]) -> list[float]:
-        *cut, whole = alternating([*(prepare(s, example_inputs, runtime, threads=threads) for s in smalls), base],
-                                  repeats, rounds)
-        return [c / whole for c in cut]
+        folders = [home / f"{next(calls)}" for _ in smalls]
+        try:
+            per = []
+            for _ in range(sessions):
+                loaded = [prepare(m, example_inputs, runtime, threads=threads, folder=f)
+                          for m, f in zip([*smalls, model], [*folders, home / "base"])]
+                *cut, whole = alternating(loaded, repeats, rounds)
+                per.append([c / whole for c in cut])
+            return [statistics.median(r) for r in zip(*per)]
+        finally:
+            for f in folders:
+                shutil.rmtree(f, ignore_errors=True)
+    weakref.finalize(ratios, shutil.rmtree, home, ignore_errors=True)
     return ratios
 
 
