@@ -123,13 +123,16 @@ class MNN(FromOnnx):
         import MNN.expr as F
         import MNN.nn as mnn
         target = folder / "model.mnn"
-        args = ["mnnconvert", "-f", "ONNX", "--modelFile", os.fspath(path), "--MNNModel", os.fspath(target),
-                "--bizCode", "secateur"]
-        done = subprocess.run([sys.executable, "-c", "import sys, MNN, _tools; _tools.mnnconvert(sys.argv[1:])",
-                               *args], capture_output=True, text=True)
-        if done.returncode != 0 or not target.is_file():
-            tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
-            raise RuntimeMismatch(f"runtime 'mnn' cannot convert the model: {tail[0]}")
+        if not target.is_file():   # converted once a folder, as the ONNX export is
+            part = folder / "model.mnn.part"   # renamed when whole: a failed conversion leaves no model.mnn
+            args = ["mnnconvert", "-f", "ONNX", "--modelFile", os.fspath(path), "--MNNModel", os.fspath(part),
+                    "--bizCode", "secateur"]
+            done = subprocess.run([sys.executable, "-c", "import sys, MNN, _tools; _tools.mnnconvert(sys.argv[1:])",
+                                   *args], capture_output=True, text=True)
+            if done.returncode != 0 or not part.is_file():
+                tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
+                raise RuntimeMismatch(f"runtime 'mnn' cannot convert the model: {tail[0]}")
+            os.replace(part, target)
         with quiet():
             rt = mnn.create_runtime_manager(({"backend": "CPU", "numThread": threads},))
             net = mnn.load_module_from_file(os.fspath(target), [], [], runtime_manager=rt)
