@@ -186,7 +186,9 @@ def _time(layer: nn.Module, shape: tuple[int, ...], runtime: str, threads: int, 
     with tempfile.TemporaryDirectory(prefix="secateur-table-") as folder:
         if not runtime.startswith("torch"):
             _onnx(layer, shape, Path(folder) / "model.onnx")   # else the runtime exports it itself
-        p = prepare(layer, x, runtime, threads=threads, folder=folder)
+        # a point is timed, never shipped: checked loosely, since a runtime's fast algorithms (MNN's
+        # Winograd 3x3 convs) miss PyTorch by ~1e-3 on random weights; a model is checked at prepare's rtol
+        p = prepare(layer, x, runtime, threads=threads, folder=folder, rtol=1e-2)
         return p.latency(repeats=repeats_for(p, MIN_MS, least=repeats, most=200, probe=3), warmup=0)
 
 
