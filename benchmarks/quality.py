@@ -24,7 +24,8 @@ Accuracy is on the full 10,000-image test split; calibration data (data criteria
 1,000 training images. Each finished section is kept under benchmarks/.cache/full/ and skipped by a
 rerun (delete its rows file to measure again); the fine-tuned rows (each with its per-image
 correctness and how its model was prepared) go to benchmarks/results/quality-finetune.json, which is
-committed, so that a new checkout resumes the fine-tunes and rebuilds the report without the cache. Intra-op threads: $OMP_NUM_THREADS if set, else 2.
+committed, so that a new checkout resumes the fine-tunes and rebuilds the report without the
+cache. Intra-op threads: $OMP_NUM_THREADS if set, else 2.
 """
 from __future__ import annotations
 
