@@ -115,18 +115,16 @@ def main(argv: list[str]) -> None:
                    first_only=args.first, only=args.finetune_rows)
     if "report" in sections or "cut" in sections:
         if rows_file.exists():
-            rows += decided(json.loads(rows_file.read_text()), folder)
+            rows += decided(json.loads(rows_file.read_text()))
         out = _common.write_results(name, rows, argv, keep_others=True)
         report(rows, out, time.perf_counter() - started)
 
 
-def decided(tuned: list[dict], folder: Path) -> list[dict]:
+def decided(tuned: list[dict]) -> list[dict]:
     """Result rows from the fine-tuned ones: mean ± std over seeds per (model, row, variant), with the
     prepared model's MACs and accuracy after the cut, and the paired bootstrap of the decisions."""
     out = []
     for model in dict.fromkeys(r["model"] for r in tuned):
-        kept = folder / model / "manifest.json"   # rows written before they carried "prepared"
-        manifest = {m["row"]: m for m in json.loads(kept.read_text())} if kept.exists() else {}
         groups = {}
         for r in tuned:
             if r["model"] == model:
@@ -137,7 +135,7 @@ def decided(tuned: list[dict], folder: Path) -> list[dict]:
             tool, method = row.split("/")
             accs = [r["acc"] for r in rs]
             means[row, variant] = np.mean([q.unpack(r["correct"], 10_000) for r in rs], axis=0)
-            m = rs[0].get("prepared") or manifest[row]
+            m = rs[0]["prepared"]
             out.append(_common.row(
                 model=model, tool=tool, method=f"{method} ({variant})", experiment="finetune",
                 target=m.get("target", {"macs": q.TARGET}), macs_ratio=m["macs_ratio"], params_ratio=m["params_ratio"],
