@@ -97,7 +97,7 @@ def run_one(name: str, size: int, runtime: str, batch: int = 1, keep: Path | Non
     macs0 = secateur.measure(model, x, latency=False).macs
     params0 = sum(p.numel() for p in model.parameters())
     graph = secateur.trace(model, x)
-    ratio_of = lambda small: rt.measured_ratio(model, small, x, runtime, threads=THREADS)  # noqa: E731
+    ratio_of = rt.ratio_to(model, x, runtime, threads=THREADS)   # each call loads both models afresh
     aim = TARGET
 
     def latency_plan(limit: float | None = None):   # prune's default limit, or max_amount=limit
