@@ -25,13 +25,14 @@ def _net() -> nn.Module:
 
 
 @pytest.mark.parametrize("name", sorted(rt.backends()))
-def test_every_installed_runtime_agrees_with_pytorch_and_times_it(name) -> None:
+def test_every_installed_runtime_agrees_with_pytorch_and_times_it(name, tmp_path) -> None:
     if name not in rt.installed():
         pytest.skip(f"{name} is not installed here")
     model, x = _net(), torch.randn(2, 3, 16, 16)
     before, threads = copy.deepcopy(model.state_dict()), torch.get_num_threads()
-    p = rt.prepare(model, x, name, threads=1)
+    p = rt.prepare(model, x, name, threads=1, folder=tmp_path)
     assert p.error < 1e-4 and p.latency(repeats=3, warmup=1) > 0
+    assert rt.backend(name).kernels(p, tmp_path, 1, 3) > 0   # its own operations, as a table times them
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert torch.get_num_threads() == threads
 
@@ -131,6 +132,27 @@ def test_a_table_point_is_timed_despite_a_fast_algorithms_rounding_but_the_model
     assert table.measured > 0 and table.curves["3"].out_widths == [8, 16, 24, 32, 40]
     with pytest.raises(rt.RuntimeMismatch, match=r"runtime 'winograd': output 0 differs from PyTorch by 0.003"):
         rt.prepare(model[0], x, "winograd")   # what is shipped is still checked at 1e-3
+
+
+def test_a_table_point_is_timed_without_the_layout_conversions_a_model_makes_once(monkeypatch, tmp_path) -> None:
+    class Converting(Staircase):   # each run also converts its input and output: 1 ms, as OpenVINO's reorders
+        protocol = "-kernels"
+
+        def latency(self, prepared, repeats, warmup):
+            return super().latency(prepared, repeats, warmup) + 1.0
+
+        def kernels(self, prepared, folder, threads, repeats):
+            return super().latency(prepared, repeats, 0)
+    monkeypatch.setitem(rt._base._BACKENDS, "staircase", Staircase())
+    monkeypatch.setitem(rt._base._BACKENDS, "converting", Converting())
+    model, x = _vgg(), torch.randn(1, 3, 16, 16)
+    graph = secateur.trace(model, x)
+    plain, converting = (rt.latency_table(model, graph, n, cache=tmp_path, progress=False) for n in ("staircase", "converting"))
+    assert plain.curves == converting.curves   # the conversions are not charged to the layers
+    assert math.isclose(converting.fixed, 1.0) and math.isclose(converting.total(), plain.total() + 1.0)
+    kernels = rt.cache_file("converting", 1, tmp_path)
+    monkeypatch.setattr(Converting, "protocol", "")   # timed another way: measured again, not read back
+    assert rt.cache_file("converting", 1, tmp_path) != kernels
 
 
 def test_target_latency_plans_on_the_table_and_snaps_widths_to_the_stairs(monkeypatch, tmp_path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from ..forward import first_line, flat_tensors
-from ._base import Backend, RuntimeMismatch, quiet, register
+from ._base import Backend, RuntimeMismatch, median_ms, quiet, register
 
 
 class Torch(Backend):
@@ -79,18 +80,34 @@ class OnnxRuntime(FromOnnx):
 class OpenVINO(FromOnnx):
     name, modules = "openvino", ("onnx", "onnxscript", "openvino")
 
-    def open(self, path, folder, threads):
+    protocol = "-kernels"
+
+    @staticmethod
+    def _compile(path: Path, threads: int, **config):
         import openvino as ov
         core = ov.Core()
-        compiled = core.compile_model(core.read_model(os.fspath(path)), "CPU",
-                                      {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-                                       "INFERENCE_PRECISION_HINT": "f32"})   # not bf16 where the CPU has it
+        return core.compile_model(core.read_model(os.fspath(path)), "CPU",
+                                  {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                                   "INFERENCE_PRECISION_HINT": "f32", **config})   # not bf16 where the CPU has it
+
+    def open(self, path, folder, threads):
+        compiled = self._compile(path, threads)
         request = compiled.create_infer_request()
 
         def run(arrays):
             request.infer(arrays)
             return [request.get_output_tensor(i).data.copy() for i in range(len(compiled.outputs))]
         return run
+
+    def kernels(self, prepared, folder, threads, repeats):
+        """OpenVINO's own per-node timings (``PERF_COUNT``), less its layout conversions (``Reorder``)."""
+        request = self._compile(folder / "model.onnx", threads, PERF_COUNT=True).create_infer_request()
+        times = []
+        for i in range(repeats + 2):   # two warm-up runs
+            request.infer(prepared.arrays)
+            if i >= 2:
+                times.append(sum(p.real_time.total_seconds() for p in request.profiling_info if p.node_type != "Reorder"))
+        return 1e3 * statistics.median(times)
 
 
 class OpenCV(FromOnnx):
@@ -121,7 +138,6 @@ class MNN(FromOnnx):
 
     def open(self, path, folder, threads):
         import MNN.expr as F
-        import MNN.nn as mnn
         target = folder / "model.mnn"
         if not target.is_file():   # converted once a folder, as the ONNX export is
             part = folder / "model.mnn.part"   # renamed when whole: a failed conversion leaves no model.mnn
@@ -133,15 +149,35 @@ class MNN(FromOnnx):
                 tail = (done.stdout + done.stderr).strip().splitlines()[-1:] or ["no output"]
                 raise RuntimeMismatch(f"runtime 'mnn' cannot convert the model: {tail[0]}")
             os.replace(part, target)
-        with quiet():
-            rt = mnn.create_runtime_manager(({"backend": "CPU", "numThread": threads},))
-            net = mnn.load_module_from_file(os.fspath(target), [], [], runtime_manager=rt)
+        net = self._module(target, threads)
 
         def run(arrays):
             outs = net.forward([F.const(a, list(a.shape), F.NCHW) for a in arrays])
             outs = outs if isinstance(outs, list) else [outs]
             return [np.array(F.convert(o, F.NCHW).read()) for o in outs]
         return run
+
+    @staticmethod
+    def _module(target: Path, threads: int):
+        import MNN.nn as mnn
+        with quiet():
+            rt = mnn.create_runtime_manager(({"backend": "CPU", "numThread": threads},))
+            return mnn.load_module_from_file(os.fspath(target), [], [], runtime_manager=rt)
+
+    def kernels(self, prepared, folder, threads, repeats):
+        """The module run on inputs already in MNN's own layout (NC4HW4), its outputs left in it."""
+        import MNN.expr as F
+        net = self._module(folder / "model.mnn", threads)
+        xs = [F.const(a, list(a.shape), F.NCHW) for a in prepared.arrays]
+        xs = [F.convert(x, F.NC4HW4) if a.ndim == 4 else x for x, a in zip(xs, prepared.arrays)]
+        for x in xs:
+            x.read()
+
+        def run():
+            outs = net.forward(xs)
+            for o in outs if isinstance(outs, list) else [outs]:
+                o.read()
+        return median_ms(run, repeats, warmup=2)
 
 
 for _backend in (Torch(), Torch(channels_last=True), OnnxRuntime(), OpenVINO(), OpenCV(), MNN()):

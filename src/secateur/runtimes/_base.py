@@ -58,11 +58,19 @@ class Backend:
     def load(self, model: nn.Module, inputs: tuple[torch.Tensor, ...], folder: Path, threads: int) -> Runner:
         raise NotImplementedError
 
+    protocol: str = ""   # how ``kernels`` times, when it is not the whole run: part of a table's cache key
+
     def latency(self, prepared: Prepared, repeats: int, warmup: int) -> float:
         """Median milliseconds of one run of ``prepared`` on its example inputs (wall clock)."""
         arrays = prepared.arrays
-        times = time_forward(lambda *_: prepared.run(arrays), (), repeats=repeats, warmup=warmup)
-        return 1e3 * statistics.median(times)
+        return median_ms(lambda: prepared.run(arrays), repeats, warmup)
+
+    def kernels(self, prepared: Prepared, folder: Path, threads: int, repeats: int) -> float:
+        """Median milliseconds of ``prepared``'s own operations (its exports in ``folder``), without
+        converting its inputs and outputs between PyTorch's layout and the runtime's: a layer timed
+        alone pays those conversions, which inside a model happen once (OpenVINO, 2 threads: 11 of a
+        lone 3x3 conv's 20 ms, 64 channels at 224 px, go to converting its output). The default: the run."""
+        return prepared.latency(repeats=repeats, warmup=0)
 
 
 @contextlib.contextmanager
@@ -226,6 +234,11 @@ def ratios_to(model: nn.Module, example_inputs, runtime: str = "torch", *, threa
                 shutil.rmtree(f, ignore_errors=True)
     weakref.finalize(ratios, shutil.rmtree, home, ignore_errors=True)
     return ratios
+
+
+def median_ms(run: Callable[[], object], repeats: int, warmup: int) -> float:
+    """Median milliseconds of ``repeats`` timed calls of ``run``, after ``warmup`` untimed ones."""
+    return 1e3 * statistics.median(time_forward(lambda *_: run(), (), repeats=repeats, warmup=warmup))
 
 
 def repeats_for(prepared: Prepared, ms: float, *, least: int, most: int, probe: int) -> int:

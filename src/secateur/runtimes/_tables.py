@@ -13,7 +13,11 @@ layer at ``(c_in, c_out)`` is predicted as ``out(c_out) * in(c_in) / in(full)``.
 Every timing is cached on disk (``$SECATEUR_CACHE``, else ``$XDG_CACHE_HOME/secateur/latency``, one JSON file per machine,
 runtime, runtime version and thread count, keyed by the layer's signature and widths), so a second
 table for the same layers measures nothing. ONNX runtimes time a one-node ONNX graph written here
-(no exporter run per point); PyTorch runtimes time the layer itself.
+(no exporter run per point); PyTorch runtimes time the layer itself. A point is timed by the backend's
+``kernels``: without converting the layer's input and output between PyTorch's layout and the
+runtime's own, which a lone layer pays and a model pays once (OpenVINO's own per-node timings less its
+reorders; MNN on inputs already in its layout): charged to the layers, those conversions made 224-px
+layers look 2-3x dearer than they are inside the model, and the planner thinned them first.
 """
 from __future__ import annotations
 
@@ -142,7 +146,7 @@ def cache_file(runtime: str, threads: int, folder: str | os.PathLike | None = No
     """Where timings for ``runtime`` on this machine are cached."""
     root = Path(folder or os.environ.get("SECATEUR_CACHE") or
                 Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "secateur" / "latency")
-    key = hashlib.sha256(f"{cpu_name()} x{os.cpu_count()}|{runtime}|{_version(runtime)}|{threads}|{PROTOCOL}"
+    key = hashlib.sha256(f"{cpu_name()} x{os.cpu_count()}|{runtime}|{_version(runtime)}|{threads}|{PROTOCOL}{backend(runtime).protocol}"
                          .encode()).hexdigest()[:16]
     return root / f"{runtime}-{key}.json"
 
@@ -189,7 +193,8 @@ def _time(layer: nn.Module, shape: tuple[int, ...], runtime: str, threads: int, 
         # a point is timed, never shipped: checked loosely, since a runtime's fast algorithms (MNN's
         # Winograd 3x3 convs) miss PyTorch by ~1e-3 on random weights; a model is checked at prepare's rtol
         p = prepare(layer, x, runtime, threads=threads, folder=folder, rtol=1e-2)
-        return p.latency(repeats=repeats_for(p, MIN_MS, least=repeats, most=200, probe=3), warmup=0)
+        repeats = repeats_for(p, MIN_MS, least=repeats, most=200, probe=3)
+        return backend(runtime).kernels(p, Path(folder), threads, repeats)
 
 
 def _inputs(model: nn.Module, example_inputs, modules: set[str]) -> dict[str, list[tuple[int, ...]]]:
