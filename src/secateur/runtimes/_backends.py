@@ -80,8 +80,6 @@ class OnnxRuntime(FromOnnx):
 class OpenVINO(FromOnnx):
     name, modules = "openvino", ("onnx", "onnxscript", "openvino")
 
-    protocol = "-kernels"
-
     @staticmethod
     def _compile(path: Path, threads: int, **config):
         import openvino as ov

@@ -58,8 +58,6 @@ class Backend:
     def load(self, model: nn.Module, inputs: tuple[torch.Tensor, ...], folder: Path, threads: int) -> Runner:
         raise NotImplementedError
 
-    protocol: str = ""   # how ``kernels`` times, when it is not the whole run: part of a table's cache key
-
     def latency(self, prepared: Prepared, repeats: int, warmup: int) -> float:
         """Median milliseconds of one run of ``prepared`` on its example inputs (wall clock)."""
         arrays = prepared.arrays
@@ -69,7 +67,8 @@ class Backend:
         """Median milliseconds of ``prepared``'s own operations (its exports in ``folder``), without
         converting its inputs and outputs between PyTorch's layout and the runtime's: a layer timed
         alone pays those conversions, which inside a model happen once (OpenVINO, 2 threads: 11 of a
-        lone 3x3 conv's 20 ms, 64 channels at 224 px, go to converting its output). The default: the run."""
+        lone 3x3 conv's 20 ms, 64 channels at 224 px, go to converting its output). The default: the run.
+        A backend that overrides it has tables of its own (a cache key of their own)."""
         return prepared.latency(repeats=repeats, warmup=0)
 
 

@@ -38,7 +38,7 @@ from torch import nn
 
 from ..forward import inference
 from ..layers import handler_for, is_weighted
-from ._base import alternating, backend, prepare, repeats_for
+from ._base import Backend, alternating, backend, prepare, repeats_for
 
 MIN_MS = 20.0     # each table point is timed for at least this many milliseconds of runs
 PROTOCOL = "min20ms"   # how points are timed: part of the cache key, so a change re-measures
@@ -146,9 +146,14 @@ def cache_file(runtime: str, threads: int, folder: str | os.PathLike | None = No
     """Where timings for ``runtime`` on this machine are cached."""
     root = Path(folder or os.environ.get("SECATEUR_CACHE") or
                 Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "secateur" / "latency")
-    key = hashlib.sha256(f"{cpu_name()} x{os.cpu_count()}|{runtime}|{_version(runtime)}|{threads}|{PROTOCOL}{backend(runtime).protocol}"
+    key = hashlib.sha256(f"{cpu_name()} x{os.cpu_count()}|{runtime}|{_version(runtime)}|{threads}|{PROTOCOL}{_kernels(runtime)}"
                          .encode()).hexdigest()[:16]
     return root / f"{runtime}-{key}.json"
+
+
+def _kernels(runtime: str) -> str:
+    """How a point is timed, for the cache key: the whole run, or the backend's own ``kernels``."""
+    return "" if type(backend(runtime)).kernels is Backend.kernels else "-kernels"
 
 
 def _variant(layer: nn.Module, c_in: int, c_out: int) -> nn.Module:
