@@ -145,7 +145,8 @@ def test_a_table_point_is_timed_without_the_layout_conversions_a_model_makes_onc
     monkeypatch.setitem(rt._base._BACKENDS, "converting", Converting())
     model, x = _vgg(), torch.randn(1, 3, 16, 16)
     graph = secateur.trace(model, x)
-    plain, converting = (rt.latency_table(model, graph, n, cache=tmp_path, progress=False) for n in ("staircase", "converting"))
+    plain, converting = (rt.latency_table(model, graph, name, cache=tmp_path, progress=False)
+                         for name in ("staircase", "converting"))
     assert plain.curves == converting.curves   # the conversions are not charged to the layers
     assert math.isclose(converting.fixed, 1.0) and math.isclose(converting.total(), plain.total() + 1.0)
     kernels = rt.cache_file("converting", 1, tmp_path)

@@ -104,7 +104,8 @@ class OpenVINO(FromOnnx):
         for i in range(repeats + 2):   # two warm-up runs
             request.infer(prepared.arrays)
             if i >= 2:
-                times.append(sum(p.real_time.total_seconds() for p in request.profiling_info if p.node_type != "Reorder"))
+                times.append(sum(p.real_time.total_seconds() for p in request.profiling_info
+                                 if p.node_type != "Reorder"))
         return 1e3 * statistics.median(times)
 
 

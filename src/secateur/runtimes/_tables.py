@@ -146,7 +146,8 @@ def cache_file(runtime: str, threads: int, folder: str | os.PathLike | None = No
     """Where timings for ``runtime`` on this machine are cached."""
     root = Path(folder or os.environ.get("SECATEUR_CACHE") or
                 Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "secateur" / "latency")
-    key = hashlib.sha256(f"{cpu_name()} x{os.cpu_count()}|{runtime}|{_version(runtime)}|{threads}|{PROTOCOL}{_kernels(runtime)}"
+    how = f"{PROTOCOL}{_kernels(runtime)}"
+    key = hashlib.sha256(f"{cpu_name()} x{os.cpu_count()}|{runtime}|{_version(runtime)}|{threads}|{how}"
                          .encode()).hexdigest()[:16]
     return root / f"{runtime}-{key}.json"
 
