@@ -8,13 +8,17 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..forward import first_line, flat_tensors
-from ._base import Backend, RuntimeMismatch, median_ms, quiet, register
+from ._base import Backend, RuntimeMismatch, quiet, register
+from ._nodes import by_module, onnx_modules
+
+WARMUP = 5   # untimed runs before a runtime's own profile is read: a fresh session's first runs are slow
 
 
 class Torch(Backend):
@@ -64,6 +68,18 @@ class FromOnnx(Backend):
     def open(self, path: Path, folder: Path, threads: int):
         raise NotImplementedError
 
+    def node_times(self, prepared, folder: Path, threads: int, repeats: int) -> dict[str, float]:
+        """Median milliseconds of each operation of ``folder/model.onnx`` as the runtime runs it, keyed
+        by the ONNX node's name or its first output's name; ``{}``: the runtime has no profile."""
+        return {}
+
+    def layer_times(self, prepared, folder, threads, repeats):
+        times = self.node_times(prepared, folder, threads, repeats)
+        if not times:
+            return {}
+        inputs = tuple(torch.from_numpy(a) for a in prepared.arrays)
+        return by_module(times, onnx_modules(folder / "model.onnx", prepared.model, inputs))
+
 
 class OnnxRuntime(FromOnnx):
     name, extra, modules = "onnxruntime", "onnx", ("onnx", "onnxruntime", "onnxscript")
@@ -107,6 +123,19 @@ class OpenVINO(FromOnnx):
                 times.append(sum(p.real_time.total_seconds() for p in request.profiling_info
                                  if p.node_type != "Reorder"))
         return 1e3 * statistics.median(times)
+
+    def node_times(self, prepared, folder, threads, repeats):
+        request = self._compile(folder / "model.onnx", threads, PERF_COUNT=True).create_infer_request()
+        runs = []
+        for i in range(repeats + WARMUP):
+            request.infer(prepared.arrays)
+            if i >= WARMUP:
+                run: dict[str, float] = {}
+                for p in request.profiling_info:   # a conv with a bias is "<node>/WithoutBiases" and an Add
+                    node = p.node_name.split("/")[0]
+                    run[node] = run.get(node, 0.0) + 1e3 * p.real_time.total_seconds()
+                runs.append(run)
+        return _medians(runs)
 
 
 class OpenCV(FromOnnx):
@@ -164,19 +193,51 @@ class MNN(FromOnnx):
             return mnn.load_module_from_file(os.fspath(target), [], [], runtime_manager=rt)
 
     def kernels(self, prepared, folder, threads, repeats):
-        """The module run on inputs already in MNN's own layout (NC4HW4), its outputs left in it."""
-        import MNN.expr as F
-        net = self._module(folder / "model.mnn", threads)
-        xs = [F.const(a, list(a.shape), F.NCHW) for a in prepared.arrays]
-        xs = [F.convert(x, F.NC4HW4) if a.ndim == 4 else x for x, a in zip(xs, prepared.arrays)]
-        for x in xs:
-            x.read()
+        """The sum of MNN's own per-operation timings, less its copies between layouts: alone, a layer
+        run through MNN's module API also paid its calls from Python and its layout's conversions (a
+        1x1 conv, 64 -> 256 channels at 56 px: 0.95 ms that way, 0.43 by its operation's own time,
+        as inside the model)."""
+        return sum(self.node_times(prepared, folder, threads, repeats).values())
 
-        def run():
-            outs = net.forward(xs)
-            for o in outs if isinstance(outs, list) else [outs]:
-                o.read()
-        return median_ms(run, repeats, warmup=2)
+    def node_times(self, prepared, folder, threads, repeats):
+        """MNN's session API, timing each operation between its begin and end callbacks."""
+        import MNN
+        import onnx
+        names = [i.name for i in onnx.load(os.fspath(folder / "model.onnx"), load_external_data=False).graph.input]
+        with quiet():
+            net = MNN.Interpreter(os.fspath(folder / "model.mnn"))
+            session = net.createSession({"backend": "CPU", "numThread": threads})
+        inputs = net.getSessionInputAll(session)
+        for name, a in zip(names, prepared.arrays):
+            net.resizeTensor(inputs[name], tuple(a.shape))
+        net.resizeSession(session)
+        for name, a in zip(names, prepared.arrays):
+            inputs[name].copyFrom(MNN.Tensor(tuple(a.shape), MNN.Halide_Type_Float, np.ascontiguousarray(a),
+                                             MNN.Tensor_DimensionType_Caffe))
+        runs, run, start = [], {}, {}
+
+        def begin(tensors, op):
+            start[op.getName()] = time.perf_counter()
+            return True
+
+        def end(tensors, op):
+            name = op.getName()
+            if op.getType() != "Raster":   # a copy between layouts, not the layer's work
+                node = name.split("__")[0]   # a linear layer is "<output>__matmul_converted"
+                run[node] = run.get(node, 0.0) + 1e3 * (time.perf_counter() - start[name])
+            return True
+        for i in range(repeats + WARMUP):
+            run.clear()
+            net.runSessionWithCallBackInfo(session, begin, end)
+            if i >= WARMUP:
+                runs.append(dict(run))
+        return _medians(runs)
+
+
+def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each key's median over the runs (a key missing from a run counts as 0 there)."""
+    keys = set().union(*runs) if runs else set()
+    return {k: statistics.median(r.get(k, 0.0) for r in runs) for k in keys}
 
 
 for _backend in (Torch(), Torch(channels_last=True), OnnxRuntime(), OpenVINO(), OpenCV(), MNN()):

@@ -71,6 +71,13 @@ class Backend:
         A backend that overrides it has tables of its own (a cache key of their own)."""
         return prepared.latency(repeats=repeats, warmup=0)
 
+    def layer_times(self, prepared: Prepared, folder: Path, threads: int, repeats: int) -> dict[str, float]:
+        """Median milliseconds of each weighted module of ``prepared.model`` inside the whole model, by
+        module name, from the runtime's own per-operation profile; ``{}`` where it has none (the
+        default). A layer fused with its neighbours, or run by another algorithm than alone, costs
+        something else inside the model than alone: the latency tables weigh each layer by this."""
+        return {}
+
 
 @contextlib.contextmanager
 def quiet():

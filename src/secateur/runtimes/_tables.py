@@ -4,9 +4,9 @@ For each weighted layer, at the input shape it sees in the model (batch included
 timed on the runtime at a grid of kept output widths (all inputs kept) and of kept input widths (all
 outputs kept): multiples of 8 (of ``groups`` for grouped convs), 16 points a curve at most, plus the
 full width. A depthwise conv has one curve (its inputs, outputs and groups shrink together). Each point
-is timed for at least ``MIN_MS`` of runs (median), and each curve is made non-decreasing by isotonic
-regression: a layer is never slower with fewer channels on a grid of multiples of 8, so a point above
-the next one is timing noise (small layers at batch 1 take tenths of a millisecond). A width between
+is timed for at least ``MIN_MS`` of runs (median), and each curve is made non-decreasing from below
+(:func:`monotone`): a layer is never slower with fewer channels on a grid of multiples of 8, so a point
+above a wider one was slowed by the machine (small layers at batch 1 take tenths of a millisecond). A width between
 grid points costs what the next grid point above it costs (the staircase, read conservatively), and a
 layer at ``(c_in, c_out)`` is predicted as ``out(c_out) * in(c_in) / in(full)``.
 
@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import json
 import math
 import os
 import platform
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -79,8 +81,11 @@ class LatencyTable:
     ``fixed``: what the rest of the model takes. The two are fitted to the whole model measured at
     full width and with every group at half width (``whole = fixed + scale * sum of layers``): alone,
     each layer pays a call's overhead, and in the model the runtime fuses BN and activations into
-    it and runs steps the layers do not count. ``seconds``: the time spent building the table; ``measured`` / ``hits``: timings made / read
-    from the cache.
+    it and runs steps the layers do not count. Where the runtime profiles its own operations, each
+    curve is first weighed by its layer's time inside the model (``inside``: how many layers were), so
+    that the fit corrects what is common to all layers and the profile what differs between them.
+    ``seconds``: the time spent building the table; ``measured`` / ``hits``: timings made / read from
+    the cache.
     """
 
     runtime: str
@@ -89,6 +94,7 @@ class LatencyTable:
     fixed: float = 0.0
     scale: float = 1.0
     seconds: float = 0.0
+    inside: int = 0
     measured: int = 0
     hits: int = 0
     cache: Path | None = field(default=None, repr=False)
@@ -108,12 +114,16 @@ class LatencyTable:
 
 
 def monotone(widths: list[int], ms: list[float]) -> list[float]:
-    """``ms`` made non-decreasing in ``widths`` (isotonic regression: the closest such curve in squared
-    error), so that noise never makes a layer look faster with more channels."""
-    if len(ms) < 2:
-        return list(ms)
-    from sklearn.isotonic import IsotonicRegression
-    return IsotonicRegression(increasing=True).fit_transform(widths, ms).tolist()
+    """``ms`` made non-decreasing in ``widths`` from below: each point the least time measured at its
+    width or wider. Timing noise on a CPU is one-sided (a run is slowed, never sped up, by what else
+    the machine does), so a point above a wider one was slowed: MNN, a lone 1x1 conv at 56 px, 40 of
+    64 inputs timed 0.58 ms once and 0.30 the next time (48: 0.34). Isotonic regression, which
+    averages, turned such a spike into a plateau up to the full width, and the planner then saw no
+    saving in thinning that layer."""
+    out = list(ms)
+    for i in range(len(out) - 2, -1, -1):
+        out[i] = min(out[i], out[i + 1])
+    return out
 
 
 def grid(size: int, unit: int = 8, points: int = 16) -> list[int]:
@@ -153,8 +163,15 @@ def cache_file(runtime: str, threads: int, folder: str | os.PathLike | None = No
 
 
 def _kernels(runtime: str) -> str:
-    """How a point is timed, for the cache key: the whole run, or the backend's own ``kernels``."""
-    return "" if type(backend(runtime)).kernels is Backend.kernels else "-kernels"
+    """How a point is timed, for the cache key: the whole run, or the backend's own ``kernels`` (then
+    keyed by its class's source, so that a change in how a runtime times its operations re-measures)."""
+    kind = type(backend(runtime))
+    if kind.kernels is Backend.kernels:
+        return ""
+    try:
+        return "-kernels-" + hashlib.sha256(inspect.getsource(kind).encode()).hexdigest()[:8]
+    except (OSError, TypeError):   # a class without a source file
+        return "-kernels"
 
 
 def _variant(layer: nn.Module, c_in: int, c_out: int) -> nn.Module:
@@ -270,7 +287,11 @@ def latency_table(model: nn.Module, graph, runtime: str = "torch", *, threads: i
     if measured:
         _store(path, stored)
     table = LatencyTable(runtime, threads, curves, seconds=0.0, measured=measured, hits=hits, cache=path)
-    _fit(table, model, graph, runtime, threads, repeats)
+    with tempfile.TemporaryDirectory(prefix="secateur-table-") as folder:
+        both = [(prepare(m, graph.example_inputs, runtime, threads=threads, folder=Path(folder) / tag),
+                 Path(folder) / tag) for m, tag in ((model, "full"), (_halved(model, graph), "half"))]
+        _weigh(table, both, runtime, threads, repeats)
+        _fit(table, [p for p, _ in both], repeats)
     table.seconds = time.perf_counter() - start
     return table
 
@@ -286,18 +307,54 @@ def _half(size: int) -> int:
     return size if size <= 8 else max(8, int(size / 16 + 0.5) * 8)
 
 
-def _fit(table: LatencyTable, model: nn.Module, graph, runtime: str, threads: int, repeats: int) -> None:
-    """Set ``scale`` and ``fixed`` from the whole model at full width and at about half width, timed in
-    alternating rounds (medians), so that a machine's drift cancels."""
+def _halved(model: nn.Module, graph) -> nn.Module:
+    """A copy of ``model`` with about half of every prunable group kept (see :func:`_half`)."""
     import copy
     from ..plan import Plan
     from ..surgery import apply
-    full = table.predict(model)
-    half = apply(copy.deepcopy(model), graph,
+    return apply(copy.deepcopy(model), graph,
                  Plan.from_masks({g.index: np.arange(g.size) >= g.size - _half(g.size) for g in graph.prunable}))
-    whole, small = alternating([prepare(m, graph.example_inputs, runtime, threads=threads) for m in (model, half)],
-                               repeats, rounds=3)
-    part = table.predict(half)
+
+
+def _weigh(table: LatencyTable, both: list, runtime: str, threads: int, repeats: int) -> None:
+    """Map each curve onto its layer's time inside the model, where the runtime profiles its own
+    operations (``both``: the model at full and at about half width, prepared, with their folders).
+    Inside a model a runtime fuses a layer with its neighbours, picks algorithms by shape, and reads
+    weights that the layers before evicted from the caches, so a layer's time inside differs from its
+    time alone, by type and by width (MNN, 2 threads, ResNet-50: 1x1 convs at 0.6 of their time alone,
+    stride-1 3x3 convs at 1.7-2.2x; layer4's 3x3 at half width 2.8x, memory-bound inside, cached alone).
+    Each curve is mapped by ``ms -> c * ms ** power``, the two fitted so that it gives the layer's own
+    time inside both models: a monotone map, so that the staircase and its order are kept. A layer
+    the profile misses keeps its curve, scaled by the median of the others. ``table.inside``: how
+    many layers were mapped by their own times."""
+    repeats = repeats_for(both[0][0], 25 * MIN_MS, least=repeats, most=50, probe=3)   # ~0.5 s of runs
+    inside = [backend(runtime).layer_times(p, folder, threads, repeats) for p, folder in both]
+    half = {name: _widths(m) for name, m in both[1][0].model.named_modules() if name in table.curves}
+    maps = {}
+    for name, curve in table.curves.items():
+        t_full, t_half = inside[0].get(name, 0.0), inside[1].get(name, 0.0)
+        a_full, a_half = curve.full, curve.ms(*half[name]) if name in half else curve.full
+        if t_full <= 0 or a_full <= 0:
+            continue
+        power = 1.0
+        if 0 < t_half < t_full and 0 < a_half < a_full:
+            power = min(4.0, max(0.25, math.log(t_full / t_half) / math.log(a_full / a_half)))
+        maps[name] = (t_full / a_full ** power, power)
+    if not maps:
+        return
+    rest = (statistics.median(inside[0][name] / table.curves[name].full for name in maps), 1.0)
+    for name, curve in table.curves.items():
+        c, power = maps.get(name, rest)
+        curve.out_ms = [c * v ** power for v in curve.out_ms]
+        curve.in_ms = [c * v ** power for v in curve.in_ms]
+    table.inside = len(maps)
+
+
+def _fit(table: LatencyTable, both: list, repeats: int) -> None:
+    """Set ``scale`` and ``fixed`` from the whole model at full width and at about half width
+    (``both``, prepared), timed in alternating rounds (medians), so that a machine's drift cancels."""
+    full, part = table.predict(both[0].model), table.predict(both[1].model)
+    whole, small = alternating(both, repeats, rounds=3)
     scale = (whole - small) / (full - part) if full > part and whole > small else whole / max(full, 1e-9)
     table.scale = max(scale, 1e-6)
     table.fixed = whole - table.scale * full

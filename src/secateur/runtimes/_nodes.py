@@ -1,0 +1,78 @@
+"""Which ONNX node runs which PyTorch module: a runtime profiles its operations by node (OpenVINO by
+the ONNX node's name, MNN by its first output's name), and a latency table needs them by module.
+
+The exporter writes the graph in PyTorch's call order, so the k-th weighted node (Conv, ConvTranspose,
+Gemm, or a MatMul by a constant) is the k-th call of a weighted module; each pair is checked by the
+weight's shape where the export has it as a constant. Where the counts or a shape disagree (the export
+merged, dropped or reordered layers), no node is matched: a table without in-model timings is read as
+before, never mismatched.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..forward import inference
+from ..layers import is_weighted
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _calls(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, weight shape) of each call of a weighted module, in call order."""
+    calls: list[tuple[str, tuple[int, ...]]] = []
+    hooks = [m.register_forward_pre_hook(lambda m, a, name=name: calls.append((name, tuple(m.weight.shape))))
+             for name, m in model.named_modules() if is_weighted(m) and isinstance(getattr(m, "weight", None),
+                                                                                    torch.Tensor)]
+    try:
+        with inference(model, None):
+            model(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+def _fits(op: str, dims: tuple[int, ...] | None, weight: tuple[int, ...]) -> bool:
+    if dims is None:
+        return True   # computed in the graph: no shape to check
+    if op in ("Gemm", "MatMul"):
+        return sorted(dims) == sorted(weight)   # stored transposed or not
+    return dims == weight
+
+
+def onnx_modules(path: str | os.PathLike, model: nn.Module, inputs: tuple[torch.Tensor, ...]
+                 ) -> list[tuple[str, str, str]]:
+    """``(node name, first output name, module name)`` of each weighted node of the ONNX file at
+    ``path`` (``model`` exported on ``inputs``); ``[]`` where the graph and the model's calls do not
+    pair up (see the module's docstring)."""
+    import onnx
+    graph = onnx.load(os.fspath(Path(path)), load_external_data=False).graph
+    shapes = {t.name: tuple(t.dims) for t in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        if node.op_type not in WEIGHTED_OPS or len(node.input) < 2:
+            continue
+        dims = shapes.get(node.input[1])
+        if node.op_type == "MatMul" and dims is None:
+            continue   # a product of two activations (attention), not a layer
+        nodes.append((node, dims))
+    calls = _calls(model, inputs)
+    if len(nodes) != len(calls):
+        return []
+    if not all(_fits(node.op_type, dims, weight) for (node, dims), (_, weight) in zip(nodes, calls)):
+        return []
+    return [(node.name, node.output[0], name) for (node, _), (name, _) in zip(nodes, calls)]
+
+
+def by_module(times: dict[str, float], pairs: list[tuple[str, str, str]]) -> dict[str, float]:
+    """Per-node milliseconds (keyed by node or first output name) summed per module (all its calls)."""
+    out: dict[str, float] = {}
+    for node, output, module in pairs:
+        t = times.get(node, times.get(output))
+        if t is not None:
+            out[module] = out.get(module, 0.0) + t
+    return out
