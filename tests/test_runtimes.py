@@ -208,7 +208,7 @@ def test_target_latency_plans_on_the_table_and_snaps_widths_to_the_stairs(monkey
     monkeypatch.setattr(rt._tables, "prepare", lambda *a, **k: calls.append(a) or measure(*a, **k))
     small = secateur.prune(model, x, L1(), target_latency=0.5, runtime="staircase")
     cost = [rt.prepare(m, x, "staircase").latency() for m in (model, small)]
-    assert 0.45 <= cost[1] / cost[0] <= 0.5   # the table is exact here: the first plan is kept
+    assert 0.475 <= cost[1] / cost[0] <= 0.525   # the table is exact here: within 5 % of the target
     widths = [m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)]
     assert all(w % 8 == 0 for w in widths) and widths != [24, 40, 56, 72], widths
     assert len(calls) > 10   # the layers were timed one by one

@@ -230,7 +230,12 @@ def _top_up(graph: Graph, facts, gs: _Groups, removed: Mapping[int, int], budget
 def _greedy(graph: Graph, facts, gs: _Groups, budget: float, floor: float, layer) -> tuple[dict[int, int], float]:
     """Remove, one step at a time, the units that lose the least importance per unit of cost saved,
     until the predicted cost is within ``budget``; return the removals and their predicted cost (over
-    ``budget`` when nothing more can go). A step is the fewest units of one group (a multiple of
+    ``budget`` when nothing more can go). Importance lost is counted as a fraction of the group's
+    whole importance, as uniform pruning implicitly weighs groups: counted per unit (each unit about
+    1 after normalising by the group's mean), a unit of VGG-16's 4096-wide classifier weighed as much
+    as one of its 64-channel convs while saving 1/64 as much time, so the planner never thinned the
+    classifier (OpenVINO, half the latency: 0.42 of the MACs against the MAC plan's 0.47; counted
+    per fraction, 0.51). A step is the fewest units of one group (a multiple of
     ``round_to``) that saves anything: on a latency staircase, down to the next stair. Steps that would
     land below ``floor`` (a big stair overshooting the budget) wait while smaller ones can still reach it."""
     r = {g: 0 for g in gs.ids}
@@ -247,7 +252,7 @@ def _greedy(graph: Graph, facts, gs: _Groups, budget: float, floor: float, layer
         while k >= gs.sizes[g] - gs.cap[g] and k > 0:
             _, delta = book.what_if(g, r[g], gs.sizes[g] - k)
             if delta < 0:
-                lost = float(gs.keys[g][r[g]: gs.sizes[g] - k].sum())
+                lost = float(gs.keys[g][r[g]: gs.sizes[g] - k].sum()) / gs.sizes[g]
                 return (lost / -delta, version[g], g, gs.sizes[g] - k, lost, -delta)
             k -= gs.step[g]
         return None

@@ -1,8 +1,9 @@
 """Where the time goes: each conv/linear layer's share of the latency on a runtime, of the MACs, the
 bytes it moves, and whether it is memory-bound.
 
-A layer's milliseconds are its timing alone on the runtime (the latency table at full width, scaled as
-the table fits the whole model). Bytes moved: its input and output activations plus its weights, in
+A layer's milliseconds are its time inside the model where the runtime profiles its own operations
+(OpenVINO, MNN), else its timing alone (the latency table at full width, scaled as the table fits the
+whole model). Bytes moved: its input and output activations plus its weights, in
 float32. Memory-bound: its arithmetic intensity (2 MACs per byte moved) is below this model's own
 ridge point on this runtime, the best throughput any of its layers reaches divided by the best
 bandwidth any of them reaches (an empirical roofline: no peak figures assumed).
