@@ -21,12 +21,11 @@ from ..layers import is_weighted
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-def _calls(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, weight shape) of each call of a weighted module, in call order."""
+def module_calls(model: nn.Module, inputs, names: set[str]) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, first input's shape) of each call of the modules named in ``names``, in call order."""
     calls: list[tuple[str, tuple[int, ...]]] = []
-    hooks = [m.register_forward_pre_hook(lambda m, a, name=name: calls.append((name, tuple(m.weight.shape))))
-             for name, m in model.named_modules() if is_weighted(m) and isinstance(getattr(m, "weight", None),
-                                                                                    torch.Tensor)]
+    hooks = [m.register_forward_pre_hook(lambda m, a, name=name: calls.append((name, tuple(a[0].shape))))
+             for name, m in model.named_modules() if name in names]
     try:
         with inference(model, None):
             model(*inputs)
@@ -60,7 +59,10 @@ def onnx_modules(path: str | os.PathLike, model: nn.Module, inputs: tuple[torch.
         if node.op_type == "MatMul" and dims is None:
             continue   # a product of two activations (attention), not a layer
         nodes.append((node, dims))
-    calls = _calls(model, inputs)
+    weighted = {name for name, m in model.named_modules()
+                if is_weighted(m) and isinstance(getattr(m, "weight", None), torch.Tensor)}
+    calls = [(name, tuple(model.get_submodule(name).weight.shape))
+             for name, _ in module_calls(model, inputs, weighted)]
     if len(nodes) != len(calls):
         return []
     if not all(_fits(node.op_type, dims, weight) for (node, dims), (_, weight) in zip(nodes, calls)):

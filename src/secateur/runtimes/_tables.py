@@ -38,9 +38,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..forward import inference
 from ..layers import handler_for, is_weighted
 from ._base import Backend, alternating, backend, prepare, repeats_for
+from ._nodes import module_calls
 
 MIN_MS = 20.0     # each table point is timed for at least this many milliseconds of runs
 PROTOCOL = "min20ms"   # how points are timed: part of the cache key, so a change re-measures
@@ -223,14 +223,8 @@ def _time(layer: nn.Module, shape: tuple[int, ...], runtime: str, threads: int, 
 def _inputs(model: nn.Module, example_inputs, modules: set[str]) -> dict[str, list[tuple[int, ...]]]:
     """The input shape of every call of each of ``modules`` on the example inputs."""
     shapes: dict[str, list[tuple[int, ...]]] = {}
-    hooks = [m.register_forward_pre_hook(lambda m, a, name=name: shapes.setdefault(name, []).append(tuple(a[0].shape)))
-             for name, m in model.named_modules() if name in modules]
-    try:
-        with inference(model, None):
-            model(*example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
+    for name, shape in module_calls(model, example_inputs, modules):
+        shapes.setdefault(name, []).append(shape)
     return shapes
 
 
