@@ -235,7 +235,7 @@ def _greedy(graph: Graph, facts, gs: _Groups, budget: float, floor: float, layer
     1 after normalising by the group's mean), a unit of VGG-16's 4096-wide classifier weighed as much
     as one of its 64-channel convs while saving 1/64 as much time, so the planner never thinned the
     classifier (OpenVINO, half the latency: 0.42 of the MACs against the MAC plan's 0.47; counted
-    per fraction, 0.51). A step is the fewest units of one group (a multiple of
+    per fraction, 0.49). A step is the fewest units of one group (a multiple of
     ``round_to``) that saves anything: on a latency staircase, down to the next stair. Steps that would
     land below ``floor`` (a big stair overshooting the budget) wait while smaller ones can still reach it."""
     r = {g: 0 for g in gs.ids}
