@@ -126,16 +126,15 @@ class OpenVINO(FromOnnx):
 
     def node_times(self, prepared, folder, threads, repeats):
         request = self._compile(folder / "model.onnx", threads, PERF_COUNT=True).create_infer_request()
-        runs = []
-        for i in range(repeats + WARMUP):
+
+        def once():
             request.infer(prepared.arrays)
-            if i >= WARMUP:
-                run: dict[str, float] = {}
-                for p in request.profiling_info:   # a conv with a bias is "<node>/WithoutBiases" and an Add
-                    node = p.node_name.split("/")[0]
-                    run[node] = run.get(node, 0.0) + 1e3 * p.real_time.total_seconds()
-                runs.append(run)
-        return _medians(runs)
+            run: dict[str, float] = {}
+            for p in request.profiling_info:   # a conv with a bias is "<node>/WithoutBiases" and an Add
+                node = p.node_name.split("/")[0]
+                run[node] = run.get(node, 0.0) + 1e3 * p.real_time.total_seconds()
+            return run
+        return _node_medians(once, repeats)
 
 
 class OpenCV(FromOnnx):
@@ -214,7 +213,7 @@ class MNN(FromOnnx):
         for name, a in zip(names, prepared.arrays):
             inputs[name].copyFrom(MNN.Tensor(tuple(a.shape), MNN.Halide_Type_Float, np.ascontiguousarray(a),
                                              MNN.Tensor_DimensionType_Caffe))
-        runs, run, start = [], {}, {}
+        run, start = {}, {}
 
         def begin(tensors, op):
             start[op.getName()] = time.perf_counter()
@@ -226,16 +225,20 @@ class MNN(FromOnnx):
                 node = name.split("__")[0]   # a linear layer is "<output>__matmul_converted"
                 run[node] = run.get(node, 0.0) + 1e3 * (time.perf_counter() - start[name])
             return True
-        for i in range(repeats + WARMUP):
+
+        def once():
             run.clear()
             net.runSessionWithCallBackInfo(session, begin, end)
-            if i >= WARMUP:
-                runs.append(dict(run))
-        return _medians(runs)
+            return dict(run)
+        return _node_medians(once, repeats)
 
 
-def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
-    """Each key's median over the runs (a key missing from a run counts as 0 there)."""
+def _node_medians(once, repeats: int) -> dict[str, float]:
+    """Each node's median milliseconds over ``repeats`` profiled runs (``once()``: one run's
+    milliseconds by node), after ``WARMUP`` untimed ones; a node missing from a run counts 0 there."""
+    for _ in range(WARMUP):
+        once()
+    runs = [once() for _ in range(repeats)]
     keys = set().union(*runs) if runs else set()
     return {k: statistics.median(r.get(k, 0.0) for r in runs) for k in keys}
 

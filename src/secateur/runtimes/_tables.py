@@ -113,8 +113,8 @@ class LatencyTable:
         return self.scale * sum(c.full for c in self.curves.values()) + self.fixed
 
 
-def monotone(widths: list[int], ms: list[float]) -> list[float]:
-    """``ms`` made non-decreasing in ``widths`` from below: each point the least time measured at its
+def monotone(ms: list[float]) -> list[float]:
+    """``ms`` (in order of width) made non-decreasing from below: each point the least time measured at its
     width or wider. Timing noise on a CPU is one-sided (a run is slowed, never sped up, by what else
     the machine does), so a point above a wider one was slowed: MNN, a lone 1x1 conv at 56 px, 40 of
     64 inputs timed 0.58 ms once and 0.30 the next time (48: 0.34). Isotonic regression, which
@@ -275,8 +275,8 @@ def latency_table(model: nn.Module, graph, runtime: str = "torch", *, threads: i
                 t += stored[key]
                 bar.update(1)
             ms[(ci, co)] = t
-        curves[name] = Curve(outs, monotone(outs, [ms[p] for p in pairs[:len(outs)]]),
-                             ins, monotone(ins, [ms[p] for p in pairs[len(outs):]]), depthwise)
+        curves[name] = Curve(outs, monotone([ms[p] for p in pairs[:len(outs)]]),
+                             ins, monotone([ms[p] for p in pairs[len(outs):]]), depthwise)
     bar.close()
     if measured:
         _store(path, stored)
