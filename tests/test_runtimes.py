@@ -34,7 +34,7 @@ def test_every_installed_runtime_agrees_with_pytorch_and_times_it(name, tmp_path
     assert p.error < 1e-4 and p.latency(repeats=3, warmup=1) > 0
     assert rt.backend(name).kernels(p, tmp_path, 1, 3) > 0   # its own operations, as a table times them
     inside = rt.backend(name).layer_times(p, tmp_path, 1, 3)   # each layer inside the model, where profiled
-    assert set(inside) == ({"0", "3", "6"} if name in ("openvino", "mnn") else set())
+    assert set(inside) == ({"0", "3", "6"} if name in ("onnxruntime", "openvino", "mnn") else set())
     assert all(t > 0 for t in inside.values())
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert torch.get_num_threads() == threads
@@ -197,6 +197,40 @@ def test_a_weighted_onnx_node_is_matched_to_its_module_by_call_order_and_weight_
     other = _net()
     other[3] = nn.Conv2d(8, 8, 3)   # a full conv where the export has a depthwise one: nothing matched
     assert onnx_modules(tmp_path / "m.onnx", other, (x,)) == []
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.down = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(3, 8, 1)
+        self.bn, self.fc = nn.BatchNorm2d(8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.b(torch.relu(self.a(x)))) + self.down(x))
+        return self.fc(y.mean((2, 3)))
+
+
+def test_an_operation_onnx_runtime_fused_and_renamed_is_traced_back_to_its_weighted_node(tmp_path) -> None:
+    import onnx
+    from secateur.io.onnx import export_onnx
+    from secateur.runtimes._nodes import fused_owners
+    torch.manual_seed(0)
+    model, x = _Residual().eval(), torch.randn(1, 3, 8, 8)
+    export_onnx(model, x, tmp_path / "model.onnx")
+    nodes = onnx.load(tmp_path / "model.onnx").graph.node
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    add = next(n for n in nodes if n.op_type == "Add" and not set(n.input) & {c.output[0] for c in convs[:1]})
+    after_add = next(n for n in nodes if add.output[0] in n.input)   # the Relu a fused conv is named by
+    x_name = nodes[0].input[0]   # the model's input: no weighted node behind it
+    names = [after_add.output[0], convs[2].output[0], convs[0].name, x_name]
+    owners = fused_owners(tmp_path / "model.onnx", names)
+    # the Relu after the Add reaches conv b and the shortcut conv; the shortcut is named, so b is left
+    assert owners == {after_add.output[0]: convs[1].name, convs[2].output[0]: convs[2].name, convs[0].name: convs[0].name}
+    assert x_name not in owners
+    if "onnxruntime" in rt.installed():   # ONNX Runtime's own profile, all four layers, its file removed
+        p = rt.prepare(model, x, "onnxruntime", folder=tmp_path)
+        assert set(rt.backend("onnxruntime").layer_times(p, tmp_path, 1, 3)) == {"a", "b", "down", "fc"}
+        assert sorted(f.name for f in tmp_path.iterdir()) == ["model.onnx"]
 
 
 def test_target_latency_plans_on_the_table_and_snaps_widths_to_the_stairs(monkeypatch, tmp_path) -> None:

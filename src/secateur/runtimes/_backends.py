@@ -16,9 +16,10 @@ import torch
 
 from ..forward import first_line, flat_tensors
 from ._base import Backend, RuntimeMismatch, quiet, register
-from ._nodes import by_module, onnx_modules
+from ._nodes import by_module, fused_owners, onnx_modules
 
 WARMUP = 5   # untimed runs before a runtime's own profile is read: a fresh session's first runs are slow
+WEIGHTED_KERNELS = ("Conv", "FusedConv", "ConvTranspose", "Gemm", "FusedGemm", "MatMul", "FusedMatMul")
 
 
 class Torch(Backend):
@@ -85,12 +86,46 @@ class OnnxRuntime(FromOnnx):
     name, extra, modules = "onnxruntime", "onnx", ("onnx", "onnxruntime", "onnxscript")
 
     def open(self, path, folder, threads):
+        session = self._session(path, threads)
+        names = [i.name for i in session.get_inputs()]
+        return lambda arrays: session.run(None, dict(zip(names, arrays)))
+
+    @staticmethod
+    def _session(path: Path, threads: int, profile: Path | None = None):
         import onnxruntime as ort
         opts = ort.SessionOptions()
         opts.log_severity_level, opts.intra_op_num_threads, opts.inter_op_num_threads = 3, threads, 1
-        session = ort.InferenceSession(os.fspath(path), opts, providers=["CPUExecutionProvider"])
-        names = [i.name for i in session.get_inputs()]
-        return lambda arrays: session.run(None, dict(zip(names, arrays)))
+        if profile is not None:
+            opts.enable_profiling, opts.profile_file_prefix = True, os.fspath(profile)
+        return ort.InferenceSession(os.fspath(path), opts, providers=["CPUExecutionProvider"])
+
+    def node_times(self, prepared, folder, threads, repeats):
+        """ONNX Runtime's own profile (``enable_profiling``): each weighted operation's kernel time
+        in each run, keyed by the ONNX node it fused (``fused_owners``: ONNX Runtime renames what it
+        fuses, "fused node_Gemm_127", "relu_3_nchwc")."""
+        import json
+        path = folder / "model.onnx"
+        session = self._session(path, threads, profile=folder / "ort-profile")
+        feed = dict(zip([i.name for i in session.get_inputs()], prepared.arrays))
+        for _ in range(WARMUP + repeats):
+            session.run(None, feed)
+        written = Path(session.end_profiling())
+        try:
+            events = json.loads(written.read_text())
+        finally:
+            written.unlink()
+        runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
+        ops = [(e["ts"], e["name"].removeprefix("fused ").removesuffix("_kernel_time").removesuffix("_nchwc"),
+                e["dur"] / 1e3)
+               for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+               and e.get("args", {}).get("op_name") in WEIGHTED_KERNELS]
+        owners = fused_owners(path, sorted({name for _, name, _ in ops}))
+        per_run: list[dict[str, float]] = [{} for _ in runs]
+        for ts, name, ms in ops:
+            i = next((i for i, (a, b) in enumerate(runs) if a <= ts <= b), None)
+            if i is not None and name in owners:
+                per_run[i][owners[name]] = per_run[i].get(owners[name], 0.0) + ms
+        return _medians(per_run[WARMUP:])
 
 
 class OpenVINO(FromOnnx):
@@ -238,7 +273,10 @@ def _node_medians(once, repeats: int) -> dict[str, float]:
     milliseconds by node), after ``WARMUP`` untimed ones; a node missing from a run counts 0 there."""
     for _ in range(WARMUP):
         once()
-    runs = [once() for _ in range(repeats)]
+    return _medians([once() for _ in range(repeats)])
+
+
+def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
     keys = set().union(*runs) if runs else set()
     return {k: statistics.median(r.get(k, 0.0) for r in runs) for k in keys}
 

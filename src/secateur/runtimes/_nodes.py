@@ -78,3 +78,43 @@ def by_module(times: dict[str, float], pairs: list[tuple[str, str, str]]) -> dic
         if t is not None:
             out[module] = out.get(module, 0.0) + t
     return out
+
+
+def fused_owners(path: str | os.PathLike, names: list[str]) -> dict[str, str]:
+    """The weighted ONNX node behind each of ``names``: the names a runtime gives the operations it
+    ran after fusing the graph (ONNX Runtime names a conv fused with its BatchNorm, activation and
+    residual Add by one of their output tensors, or keeps the node's name). From that node or the
+    producer of that tensor, the graph is walked back over activations to the nearest weighted nodes;
+    where more than one is reached (an Add of two branches), the ones other names own are ruled out,
+    until one is left. A name that leads to no single weighted node is left out."""
+    import onnx
+    graph = onnx.load(os.fspath(Path(path)), load_external_data=False).graph
+    consts = {t.name for t in graph.initializer}
+    by_node = {n.name: n for n in graph.node}
+    producer = {out: n for n in graph.node for out in n.output}
+    weighted = {n.name for n in graph.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1
+                and (n.op_type != "MatMul" or n.input[1] in consts)}
+
+    def reached(name: str) -> set[str]:
+        start = by_node.get(name) or producer.get(name)
+        found, todo, seen = set(), [start] if start is not None else [], set()
+        while todo:
+            node = todo.pop()
+            if node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.name in weighted:
+                found.add(node.name)
+                continue
+            todo += [producer[i] for i in node.input if i in producer and i not in consts]
+        return found
+
+    candidates = {name: reached(name) for name in names}
+    owners: dict[str, str] = {}
+    while True:
+        taken = set(owners.values())
+        settled = {name: next(iter(left)) for name, c in candidates.items()
+                   if name not in owners and len(left := c - taken) == 1}
+        if not settled:
+            return owners
+        owners.update(settled)
