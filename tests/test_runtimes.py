@@ -34,7 +34,7 @@ def test_every_installed_runtime_agrees_with_pytorch_and_times_it(name, tmp_path
     assert p.error < 1e-4 and p.latency(repeats=3, warmup=1) > 0
     assert rt.backend(name).kernels(p, tmp_path, 1, 3) > 0   # its own operations, as a table times them
     inside = rt.backend(name).layer_times(p, tmp_path, 1, 3)   # each layer inside the model, where profiled
-    assert set(inside) == ({"0", "3", "6"} if name in ("onnxruntime", "openvino", "mnn") else set())
+    assert set(inside) == (set() if name == "opencv" else {"0", "3", "6"})   # OpenCV has no profile
     assert all(t > 0 for t in inside.values())
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert torch.get_num_threads() == threads

@@ -3,6 +3,7 @@ Runtime, OpenVINO, OpenCV's DNN module and Alibaba's MNN (a mobile runtime; its 
 directly, without the ``mnnconvert`` wrapper, which pip-installs a logging SDK and reports usage)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import statistics
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from ..forward import first_line, flat_tensors
+from ..layers import is_weighted
 from ._base import Backend, RuntimeMismatch, quiet, register
 from ._nodes import by_module, fused_owners, onnx_modules
 
@@ -27,24 +29,49 @@ class Torch(Backend):
 
     def __init__(self, channels_last: bool = False):
         self.channels_last = channels_last
+        self.format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.name = "torch-channels-last"
 
+    def _inputs(self, arrays) -> list[torch.Tensor]:
+        return [torch.from_numpy(a).contiguous(memory_format=self.format) if a.ndim == 4 else torch.from_numpy(a)
+                for a in arrays]
+
     def load(self, model, inputs, folder, threads):
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        net = copy.deepcopy(model).eval().to(memory_format=fmt)
+        net = copy.deepcopy(model).eval().to(memory_format=self.format)
 
         def run(arrays):
-            xs = [torch.from_numpy(a).contiguous(memory_format=fmt) if a.ndim == 4 else torch.from_numpy(a)
-                  for a in arrays]
-            before = torch.get_num_threads()
-            torch.set_num_threads(threads)
-            try:
-                with torch.no_grad():
-                    return [t.numpy() for t in flat_tensors(net(*xs))]
-            finally:
-                torch.set_num_threads(before)
+            with _threads(threads), torch.no_grad():
+                return [t.numpy() for t in flat_tensors(net(*self._inputs(arrays)))]
         return run
+
+    def layer_times(self, prepared, folder, threads, repeats):
+        """Each weighted module's wall time inside the model (forward hooks on a copy, the inputs as
+        ``load`` runs them)."""
+        net = copy.deepcopy(prepared.model).eval().to(memory_format=self.format)
+        xs, run, start = self._inputs(prepared.arrays), {}, {}
+        for name, m in net.named_modules():   # the copy is dropped after: its hooks with it
+            if is_weighted(m):
+                m.register_forward_pre_hook(lambda m, a, name=name: start.__setitem__(name, time.perf_counter()))
+                m.register_forward_hook(lambda m, a, o, name=name: run.__setitem__(
+                    name, run.get(name, 0.0) + 1e3 * (time.perf_counter() - start[name])))
+
+        def once():
+            run.clear()
+            net(*xs)
+            return dict(run)
+        with _threads(threads), torch.no_grad():
+            return _node_medians(once, repeats)
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class FromOnnx(Backend):

@@ -1,5 +1,6 @@
 """Which ONNX node runs which PyTorch module: a runtime profiles its operations by node (OpenVINO by
-the ONNX node's name, MNN by its first output's name), and a latency table needs them by module.
+the ONNX node's name, MNN by its first output's name, ONNX Runtime by a name of what it fused:
+``fused_owners``), and a latency table needs them by module.
 
 The exporter writes the graph in PyTorch's call order, so the k-th weighted node (Conv, ConvTranspose,
 Gemm, or a MatMul by a constant) is the k-th call of a weighted module; each pair is checked by the
