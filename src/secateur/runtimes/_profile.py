@@ -2,8 +2,9 @@
 bytes it moves, and whether it is memory-bound.
 
 A layer's milliseconds are its time inside the model where the runtime profiles its own operations
-(OpenVINO, MNN), else its timing alone (the latency table at full width, scaled as the table fits the
-whole model). Bytes moved: its input and output activations plus its weights, in
+(ONNX Runtime, OpenVINO, MNN; PyTorch by forward hooks), else its timing alone (the latency table at
+full width, scaled as the table fits the whole model). Bytes moved: its input and output activations
+plus its weights, in
 float32. Memory-bound: its arithmetic intensity (2 MACs per byte moved) is below this model's own
 ridge point on this runtime, the best throughput any of its layers reaches divided by the best
 bandwidth any of them reaches (an empirical roofline: no peak figures assumed).
@@ -80,8 +81,8 @@ def format_profile(rows: list[LayerProfile], total_ms: float, runtime: str, limi
     if total_ms - layers > 1e-6 * total_ms:
         head = (f"{runtime}: {total_ms:.3f} ms, of which {layers:.3f} ms in conv/linear layers "
                 f"({100 * layers / max(total_ms, 1e-9):.0f} %)")
-    else:   # alone the layers add up to more than the model: scaled to its measured latency
-        head = f"{runtime}: {total_ms:.3f} ms, shared out over the conv/linear layers (timed alone, scaled to it)"
+    else:   # the layers' times add up to the model's or more (the fit leaves nothing over): scaled to it
+        head = f"{runtime}: {total_ms:.3f} ms, shared out over the conv/linear layers (their times scaled to it)"
     return f"{head}\n{body}"
 
 
