@@ -73,18 +73,24 @@ def time_forward(model: nn.Module, inputs: Inputs, *, repeats: int, warmup: int)
 
 
 @contextmanager
-def inference(model: nn.Module, threads: int | None) -> Iterator[None]:
-    """Eval mode, ``no_grad`` and ``threads`` intra-op threads; every module's mode and the thread
-    count are restored on exit."""
+def num_threads(threads: int | None) -> Iterator[None]:
+    """``threads`` intra-op threads (``None``: as they are), the count restored on exit."""
     old_threads = torch.get_num_threads()
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        with torch.no_grad(), eval_mode(model):
-            yield
+        yield
     finally:
         if threads is not None:
             torch.set_num_threads(old_threads)
+
+
+@contextmanager
+def inference(model: nn.Module, threads: int | None) -> Iterator[None]:
+    """Eval mode, ``no_grad`` and ``threads`` intra-op threads; every module's mode and the thread
+    count are restored on exit."""
+    with num_threads(threads), torch.no_grad(), eval_mode(model):
+        yield
 
 
 def as_inputs(example_inputs: torch.Tensor | tuple[torch.Tensor, ...], device: torch.device) -> Inputs:

@@ -3,7 +3,6 @@ Runtime, OpenVINO, OpenCV's DNN module and Alibaba's MNN (a mobile runtime; its 
 directly, without the ``mnnconvert`` wrapper, which pip-installs a logging SDK and reports usage)."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import statistics
@@ -15,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..forward import first_line, flat_tensors
+from ..forward import first_line, flat_tensors, num_threads
 from ..layers import is_weighted
 from ._base import Backend, RuntimeMismatch, quiet, register
-from ._nodes import by_module, fused_owners, onnx_modules
+from ._nodes import WEIGHTED_OPS, by_module, fused_owners, onnx_modules
 
 WARMUP = 5   # untimed runs before a runtime's own profile is read: a fresh session's first runs are slow
-WEIGHTED_KERNELS = ("Conv", "FusedConv", "ConvTranspose", "Gemm", "FusedGemm", "MatMul", "FusedMatMul")
+WEIGHTED_KERNELS = WEIGHTED_OPS + ("FusedConv", "FusedGemm", "FusedMatMul")   # ONNX Runtime's fused kernels
 
 
 class Torch(Backend):
@@ -41,7 +40,7 @@ class Torch(Backend):
         net = copy.deepcopy(model).eval().to(memory_format=self.format)
 
         def run(arrays):
-            with _threads(threads), torch.no_grad():
+            with num_threads(threads), torch.no_grad():
                 return [t.numpy() for t in flat_tensors(net(*self._inputs(arrays)))]
         return run
 
@@ -60,18 +59,8 @@ class Torch(Backend):
             run.clear()
             net(*xs)
             return dict(run)
-        with _threads(threads), torch.no_grad():
+        with num_threads(threads), torch.no_grad():
             return _node_medians(once, repeats)
-
-
-@contextlib.contextmanager
-def _threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class FromOnnx(Backend):
@@ -297,13 +286,14 @@ class MNN(FromOnnx):
 
 def _node_medians(once, repeats: int) -> dict[str, float]:
     """Each node's median milliseconds over ``repeats`` profiled runs (``once()``: one run's
-    milliseconds by node), after ``WARMUP`` untimed ones; a node missing from a run counts 0 there."""
+    milliseconds by node), after ``WARMUP`` untimed ones."""
     for _ in range(WARMUP):
         once()
     return _medians([once() for _ in range(repeats)])
 
 
 def _medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each key's median over the runs (a key missing from a run counts as 0 there)."""
     keys = set().union(*runs) if runs else set()
     return {k: statistics.median(r.get(k, 0.0) for r in runs) for k in keys}
 

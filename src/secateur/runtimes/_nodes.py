@@ -44,13 +44,13 @@ def _fits(op: str, dims: tuple[int, ...] | None, weight: tuple[int, ...]) -> boo
     return dims == weight
 
 
-def onnx_modules(path: str | os.PathLike, model: nn.Module, inputs: tuple[torch.Tensor, ...]
-                 ) -> list[tuple[str, str, str]]:
-    """``(node name, first output name, module name)`` of each weighted node of the ONNX file at
-    ``path`` (``model`` exported on ``inputs``); ``[]`` where the graph and the model's calls do not
-    pair up (see the module's docstring)."""
+def _graph(path: str | os.PathLike):
     import onnx
-    graph = onnx.load(os.fspath(Path(path)), load_external_data=False).graph
+    return onnx.load(os.fspath(Path(path)), load_external_data=False).graph
+
+
+def _weighted_nodes(graph) -> list[tuple[object, tuple[int, ...] | None]]:
+    """(node, its weight's shape where a constant) of each weighted node, in graph order."""
     shapes = {t.name: tuple(t.dims) for t in graph.initializer}
     nodes = []
     for node in graph.node:
@@ -60,6 +60,15 @@ def onnx_modules(path: str | os.PathLike, model: nn.Module, inputs: tuple[torch.
         if node.op_type == "MatMul" and dims is None:
             continue   # a product of two activations (attention), not a layer
         nodes.append((node, dims))
+    return nodes
+
+
+def onnx_modules(path: str | os.PathLike, model: nn.Module, inputs: tuple[torch.Tensor, ...]
+                 ) -> list[tuple[str, str, str]]:
+    """``(node name, first output name, module name)`` of each weighted node of the ONNX file at
+    ``path`` (``model`` exported on ``inputs``); ``[]`` where the graph and the model's calls do not
+    pair up (see the module's docstring)."""
+    nodes = _weighted_nodes(_graph(path))
     weighted = {name for name, m in model.named_modules()
                 if is_weighted(m) and isinstance(getattr(m, "weight", None), torch.Tensor)}
     calls = [(name, tuple(model.get_submodule(name).weight.shape))
@@ -88,13 +97,11 @@ def fused_owners(path: str | os.PathLike, names: list[str]) -> dict[str, str]:
     producer of that tensor, the graph is walked back over activations to the nearest weighted nodes;
     where more than one is reached (an Add of two branches), the ones other names own are ruled out,
     until one is left. A name that leads to no single weighted node is left out."""
-    import onnx
-    graph = onnx.load(os.fspath(Path(path)), load_external_data=False).graph
+    graph = _graph(path)
     consts = {t.name for t in graph.initializer}
     by_node = {n.name: n for n in graph.node}
     producer = {out: n for n in graph.node for out in n.output}
-    weighted = {n.name for n in graph.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1
-                and (n.op_type != "MatMul" or n.input[1] in consts)}
+    weighted = {node.name for node, _ in _weighted_nodes(graph)}
 
     def reached(name: str) -> set[str]:
         start = by_node.get(name) or producer.get(name)
