@@ -139,11 +139,13 @@ def _fresh(model: nn.Module) -> nn.Module:
 
 
 def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, scratch_epochs: int,
-             deadline: float, first_only: bool = False, only: list[str] | None = None) -> list[dict]:
+             deadline: float, checkpoints: Path, first_only: bool = False, only: list[str] | None = None) -> list[dict]:
     """Fine-tune every prepared row (seed 0), then (unless ``first_only``) distillation for each
-    model's best secateur row, the seeds 1-2 of the best secateur and Torch-Pruning rows, and the best
-    secateur architecture trained from scratch for ``scratch_epochs`` (seeds 0-2), until
-    ``deadline`` (time.time()); ``only``: the prepared rows matching these patterns (fnmatch)."""
+    model's best secateur row, the seeds 1-2 of the rows that decide a claim (the best secateur and
+    Torch-Pruning rows, the better automatic allocation and uniform), and the best secateur
+    architecture trained from scratch for ``scratch_epochs`` (seeds 0-2), until
+    ``deadline`` (time.time()); a row stopped part-way resumes from its checkpoint under ``checkpoints``;
+    ``only``: the prepared rows matching these patterns (fnmatch)."""
     rows = json.loads(out.read_text()) if out.exists() else []
     done = {(r["model"], r["row"], r["variant"], r["seed"]) for r in rows}
 
@@ -153,7 +155,7 @@ def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, 
         start = time.perf_counter()
         torch.manual_seed(seed)                    # a from-scratch row's initial weights too
         model, optim, n, callbacks = make()
-        ck = out.parent / "checkpoints" / "-".join(str(k).replace("/", "-") for k in (name, row, variant, seed))
+        ck = checkpoints / "-".join(str(k).replace("/", "-") for k in (name, row, variant, seed))
         try:   # a long row (from scratch) resumes where a stopped run left it ("seconds": this run's part)
             hist = fit(model, train, epochs=n, optim=optim, seed=seed, progress=False, callbacks=callbacks,
                        checkpoint=ck, resume=True)
@@ -170,9 +172,9 @@ def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, 
         print(f"finetune {name} {row} {variant} seed {seed}: {ok.mean():.4f} ({time.perf_counter() - start:.0f} s)",
               flush=True)
 
-    def best(name, tool):
+    def best(name, tool, among=None):
         seed0 = [r for r in rows if r["model"] == name and r["variant"] == "finetuned" and r["seed"] == 0
-                 and r["row"].startswith(tool + "/")]
+                 and r["row"].startswith(tool + "/") and (among is None or r["row"] in among)]
         return max(seed0, key=lambda r: r["acc"])["row"] if seed0 else None
 
     manifests = {n: json.loads((folder / n / "manifest.json").read_text()) for n in names}
@@ -189,8 +191,10 @@ def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, 
             continue
         run(name, ours, "distilled", 0,
             lambda: (load(folder, name, ours), FINETUNE, epochs, [Distill(base_of(name))]))
+        deciding = (ours, theirs, best(name, "secateur", ("secateur/greedy", "secateur/search")),
+                    best(name, "secateur", ("secateur/uniform",)))
         for seed in SEEDS[1:]:
-            for row in (ours, theirs):
+            for row in dict.fromkeys(deciding):
                 if row is not None:
                     run(name, row, "finetuned", seed, lambda: (load(folder, name, row), FINETUNE, epochs, []))
     for seed in SEEDS:

@@ -15,10 +15,11 @@ ResNet-56), at half and at a quarter of the MACs, Torch-Pruning 1.6.1 side by si
    on 1,024 training images, the tolerance bisected to the budget), greedy and search
    (``secateur.methods.allocate``), then ThiNet, LASSO and Torch-Pruning's three importances; each
    fine-tuned 1 epoch (SGD lr 0.01, cosine, wd 1e-4), seed 0.
-3. *decide*: the best secateur row and Torch-Pruning's best again with seeds 1 and 2 (mean ± std), the
-   best secateur architecture trained from scratch (random init, the baseline's 15 epochs + 1 at lr
-   0.1, seeds 0-2) and fine-tuned with distillation from the baseline; a paired bootstrap (10,000
-   resamples of the 10,000 test images, correctness averaged over seeds) of each accuracy difference.
+3. *decide*: the best secateur row, Torch-Pruning's best, the better automatic allocation (greedy,
+   search) and uniform again with seeds 1 and 2 (mean ± std), the best secateur architecture trained
+   from scratch (random init, the baseline's 15 epochs + 1 at lr 0.1, seeds 0-2) and fine-tuned with
+   distillation from the baseline; a paired bootstrap (10,000 resamples of the 10,000 test images,
+   correctness averaged over seeds) of each accuracy difference.
 
 Accuracy is on the full 10,000-image test split; calibration data (data criteria, ThiNet, LASSO) is
 1,000 training images. Each finished section is kept under benchmarks/.cache/full/ and skipped by a
@@ -112,7 +113,7 @@ def main(argv: list[str]) -> None:
         q.finetune(folder, list(bases), lambda m: copy.deepcopy(bases[m]), loader,
                    DataLoader(fashion_mnist("test"), batch_size=1000), rows_file, epochs=1,
                    scratch_epochs=1 if args.quick else B["base"] + 1, deadline=time.time() + 60 * args.minutes,
-                   first_only=args.first, only=args.finetune_rows)
+                   checkpoints=ck / "checkpoints", first_only=args.first, only=args.finetune_rows)
     if "report" in sections or "cut" in sections:
         if rows_file.exists():
             rows += decided(json.loads(rows_file.read_text()))
