@@ -159,16 +159,26 @@ def median_spread(values: Sequence[float]) -> tuple[float, float]:
 
 def paired_bootstrap(a, b, *, resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
     """Mean of ``a - b`` (per-item scores of two models on the same items) and its 95 % percentile
-    interval from ``resamples`` bootstrap resamples of the items."""
+    interval from ``resamples`` bootstrap resamples of the items. ``a`` or ``b`` may hold one row of
+    scores per training seed: each resample then also draws that side's seeds with replacement, so
+    that the interval covers how much a training run itself moves the result, not only which test
+    items were drawn (a side with one seed contributes none of that variation)."""
     import numpy as np
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    a, b = (np.atleast_2d(np.asarray(s, dtype=np.float64)) for s in (a, b))
     rng = np.random.default_rng(seed)
     means = np.empty(resamples)
     for i in range(0, resamples, 500):   # 500 resamples at a time: memory stays small
         n = min(500, resamples - i)
-        means[i:i + n] = d[rng.integers(0, len(d), (n, len(d)))].mean(axis=1)
+        items = rng.integers(0, a.shape[1], (n, a.shape[1]))
+        sides = []
+        for s in (a, b):
+            per_seed = np.stack([row[items].mean(axis=1) for row in s], axis=1)   # (resamples, seeds)
+            if len(s) > 1:
+                per_seed = np.take_along_axis(per_seed, rng.integers(0, len(s), (n, len(s))), axis=1)
+            sides.append(per_seed.mean(axis=1))
+        means[i:i + n] = sides[0] - sides[1]
     lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(d.mean()), float(lo), float(hi)
+    return float(a.mean() - b.mean()), float(lo), float(hi)
 
 
 def dense(model: torch.nn.Module) -> torch.nn.Module:

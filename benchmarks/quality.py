@@ -130,12 +130,12 @@ def decided(tuned: list[dict]) -> list[dict]:
         for r in tuned:
             if r["model"] == model:
                 groups.setdefault((r["row"], r["variant"]), []).append(r)
-        means, first = {}, {}
+        seeds, first = {}, {}
         for (row, variant), rs in groups.items():
             first[row, variant] = next((r["acc"] for r in rs if r["seed"] == 0), 0.0)
             tool, method = row.split("/")
             accs = [r["acc"] for r in rs]
-            means[row, variant] = np.mean([q.unpack(r["correct"], 10_000) for r in rs], axis=0)
+            seeds[row, variant] = np.stack([q.unpack(r["correct"], 10_000) for r in rs])
             m = rs[0]["prepared"]
             out.append(_common.row(
                 model=model, tool=tool, method=f"{method} ({variant})", experiment="finetune",
@@ -146,7 +146,7 @@ def decided(tuned: list[dict]) -> list[dict]:
                 finetune_epochs=rs[0]["epochs"], evaluations=m.get("evaluations"),
                 allocation_seconds=m.get("allocation_seconds")))
         for ours, other in comparisons(first):
-            diff, lo, hi = _common.paired_bootstrap(means[ours], means[other])
+            diff, lo, hi = _common.paired_bootstrap(seeds[ours], seeds[other])
             out.append(_common.row(model=model, tool="secateur", method=f"{ours[0]} vs {other[0]} ({other[1]})",
                                    experiment="bootstrap", target=None, acc_diff=diff, ci_low=lo, ci_high=hi,
                                    decided=bool(lo > 0 or hi < 0)))
