@@ -138,6 +138,17 @@ def _fresh(model: nn.Module) -> nn.Module:
     return model
 
 
+def deciding(seed0: dict[str, float]) -> tuple[str | None, str | None, str | None, str | None]:
+    """The rows that decide a claim, from each fine-tuned row's seed-0 accuracy (by row name): the best
+    secateur row, Torch-Pruning's best, the better automatic allocation (greedy, search) and uniform;
+    None where there is none."""
+    def best(names) -> str | None:
+        return max((n for n in names if n in seed0), key=seed0.__getitem__, default=None)
+    return (best(n for n in seed0 if n.startswith("secateur/")),
+            best(n for n in seed0 if n.startswith("torch-pruning/")),
+            best(("secateur/greedy", "secateur/search")), best(("secateur/uniform",)))
+
+
 def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, scratch_epochs: int,
              deadline: float, checkpoints: Path, first_only: bool = False, only: list[str] | None = None) -> list[dict]:
     """Fine-tune every prepared row (seed 0), then (unless ``first_only``) distillation for each
@@ -172,10 +183,9 @@ def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, 
         print(f"finetune {name} {row} {variant} seed {seed}: {ok.mean():.4f} ({time.perf_counter() - start:.0f} s)",
               flush=True)
 
-    def best(name, tool, among=None):
-        seed0 = [r for r in rows if r["model"] == name and r["variant"] == "finetuned" and r["seed"] == 0
-                 and r["row"].startswith(tool + "/") and (among is None or r["row"] in among)]
-        return max(seed0, key=lambda r: r["acc"])["row"] if seed0 else None
+    def chosen(name):
+        return deciding({r["row"]: r["acc"] for r in rows
+                         if r["model"] == name and r["variant"] == "finetuned" and r["seed"] == 0})
 
     manifests = {n: json.loads((folder / n / "manifest.json").read_text()) for n in names}
     for name in names:
@@ -186,20 +196,19 @@ def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, 
     if first_only:
         return rows
     for name in names:
-        ours, theirs = best(name, "secateur"), best(name, "torch-pruning")
+        decide = chosen(name)
+        ours = decide[0]
         if ours is None:
             continue
         run(name, ours, "distilled", 0,
             lambda: (load(folder, name, ours), FINETUNE, epochs, [Distill(base_of(name))]))
-        deciding = (ours, theirs, best(name, "secateur", ("secateur/greedy", "secateur/search")),
-                    best(name, "secateur", ("secateur/uniform",)))
         for seed in SEEDS[1:]:
-            for row in dict.fromkeys(deciding):
+            for row in dict.fromkeys(decide):
                 if row is not None:
                     run(name, row, "finetuned", seed, lambda: (load(folder, name, row), FINETUNE, epochs, []))
     for seed in SEEDS:
         for name in names:
-            ours = best(name, "secateur")
+            ours = chosen(name)[0]
             if ours is not None:
                 run(name, ours, "scratch", seed,
                     lambda: (_fresh(load(folder, name, ours)), SCRATCH, scratch_epochs, []))

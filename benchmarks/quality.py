@@ -158,16 +158,13 @@ def comparisons(means: dict) -> list[tuple]:
     best secateur row (by seed 0, as the fine-tune chose it) against Torch-Pruning's best, from scratch
     and distilled; the better automatic allocation (greedy, search) against uniform; and at equal
     measured latency, the latency-planned model against the MAC-planned one and Torch-Pruning's."""
-    def best(tool):
-        return max((k for k in means if k[0].startswith(tool + "/") and k[1] == "finetuned"),
-                   key=lambda k: means[k], default=None)
-    ours, pairs = best("secateur"), []
+    ours, theirs, automatic, uniform = (None if r is None else (r, "finetuned") for r in q.deciding(
+        {row: acc for (row, variant), acc in means.items() if variant == "finetuned"}))
+    pairs = []
     if ours:
-        pairs += [(ours, k) for k in (best("torch-pruning"), (ours[0], "scratch"), (ours[0], "distilled"))
-                  if k in means]
-    chosen = [k for k in means if k[0] in ("secateur/greedy", "secateur/search") and k[1] == "finetuned"]
-    if chosen and ("secateur/uniform", "finetuned") in means:   # automatic allocation against uniform
-        pairs.append((max(chosen, key=lambda k: means[k]), ("secateur/uniform", "finetuned")))
+        pairs += [(ours, k) for k in (theirs, (ours[0], "scratch"), (ours[0], "distilled")) if k in means]
+    if automatic and uniform:   # automatic allocation against uniform
+        pairs.append((automatic, uniform))
     for row, variant in means:
         if row.endswith("/secateur-latency"):
             prefix = row.rsplit("/", 1)[0]
