@@ -4,10 +4,9 @@ bytes it moves, and whether it is memory-bound.
 A layer's milliseconds are its time inside the model where the runtime profiles its own operations
 (ONNX Runtime, OpenVINO, MNN; PyTorch by forward hooks), else its timing alone (the latency table at
 full width, scaled as the table fits the whole model). Bytes moved: its input and output activations
-plus its weights, in
-float32. Memory-bound: its arithmetic intensity (2 MACs per byte moved) is below this model's own
-ridge point on this runtime, the best throughput any of its layers reaches divided by the best
-bandwidth any of them reaches (an empirical roofline: no peak figures assumed).
+plus its weights, in float32. Memory-bound: its arithmetic intensity (2 MACs per byte moved) is below
+this model's own ridge point on this runtime, the best throughput any of its layers reaches divided by
+the best bandwidth any of them reaches (an empirical roofline: no peak figures assumed).
 """
 from __future__ import annotations
 
