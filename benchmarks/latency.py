@@ -18,7 +18,8 @@ For each model (torchvision, random weights, 1000 classes, batch 1, 224 px; ``--
   the same way.
 
 The three final models are then timed together in 3 independent sessions (fresh runtime sessions,
-6 rounds that take the original and the three in turn, ~0.25 s of runs per model per round): the
+6 rounds that take the original and the three in turn, ~0.25 s of runs per model per round; a session
+in which the original runs 15 % slower than its fastest, a busy host, is timed again): the
 row holds the median ratio to the original and the spread (max - min). MACs
 and params are ratios to the original. Results: ``benchmarks/results/latency.json``.
 """

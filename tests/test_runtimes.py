@@ -294,6 +294,38 @@ def test_each_ratio_loads_every_model_afresh_and_takes_the_median_over_sessions(
         rt.ratios_to(model, x, "staircase", sessions=0)
 
 
+class Busy(Staircase):
+    """The staircase on a shared machine: each session loaded takes the next of ``extra`` milliseconds
+    added to every run (a busy host's fixed cost, heavier on a small model)."""
+
+    def __init__(self, extra):
+        self.extra = iter(extra)
+
+    def load(self, model, inputs, folder, threads):
+        run = super().load(model, inputs, folder, threads)
+        run.extra = next(self.extra, 0.0)
+        return run
+
+    def latency(self, prepared, repeats, warmup):
+        return super().latency(prepared, repeats, warmup) + prepared.run.extra
+
+
+def test_a_session_on_a_busy_machine_is_measured_again_and_else_warned_about(monkeypatch) -> None:
+    model, x = _vgg(), torch.randn(1, 3, 16, 16)
+    small = secateur.prune(model, x, L1(), amount=0.5)
+    monkeypatch.setitem(rt._base._BACKENDS, "staircase", Staircase())
+    cost = [rt.prepare(m, x, "staircase").latency() for m in (model, small)]
+    busy = cost[0]   # the whole model runs twice as slow: past DISTURBED
+    # loads: the probe's, then each session's (small, model); the first session is busy, the second not
+    monkeypatch.setitem(rt._base._BACKENDS, "staircase", Busy([0.0, busy, busy, 0.0, 0.0]))
+    monkeypatch.setattr(rt._base, "PAUSE", 0.0)
+    assert rt.ratios_to(model, x, "staircase")([small]) == [pytest.approx(cost[1] / cost[0])]
+    monkeypatch.setitem(rt._base._BACKENDS, "staircase", Busy([0.0] + [busy] * 2 * (1 + rt._base.RETRIES)))
+    with pytest.warns(UserWarning, match="staircase: the model ran 2.00x slower than its fastest in 4 sessions"):
+        got = rt.ratios_to(model, x, "staircase")([small])
+    assert got == [pytest.approx((cost[1] + busy) / (cost[0] + busy))]   # the least busy, said to be off
+
+
 def test_a_latency_target_past_the_tables_floor_is_cut_to_the_floor_and_measured(monkeypatch) -> None:
     monkeypatch.setitem(rt._base._BACKENDS, "staircase", Staircase())
     model, x = _vgg(), torch.randn(1, 3, 16, 16)
