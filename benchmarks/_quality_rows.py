@@ -150,10 +150,11 @@ def deciding(seed0: dict[str, float]) -> tuple[str | None, str | None, str | Non
 
 
 def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, scratch_epochs: int,
-             deadline: float, checkpoints: Path, first_only: bool = False, only: list[str] | None = None) -> list[dict]:
+             deadline: float, checkpoints: Path, first_only: bool = False, only: list[str] | None = None,
+             seeds: int = len(SEEDS)) -> list[dict]:
     """Fine-tune every prepared row (seed 0), then (unless ``first_only``) distillation for each
-    model's best secateur row, the seeds 1-2 of the rows that decide a claim (the best secateur and
-    Torch-Pruning rows, the better automatic allocation and uniform), and the best secateur
+    model's best secateur row, the seeds 1 to ``seeds`` - 1 of the rows that decide a claim (the best
+    secateur and Torch-Pruning rows, the better automatic allocation and uniform), and the best secateur
     architecture trained from scratch for ``scratch_epochs`` (seeds 0-2), until
     ``deadline`` (time.time()); a row stopped part-way resumes from its checkpoint under ``checkpoints``;
     ``only``: the prepared rows matching these patterns (fnmatch)."""
@@ -202,7 +203,7 @@ def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, 
             continue
         run(name, ours, "distilled", 0,
             lambda: (load(folder, name, ours), FINETUNE, epochs, [Distill(base_of(name))]))
-        for seed in SEEDS[1:]:
+        for seed in range(1, seeds):
             for row in dict.fromkeys(decide):
                 if row is not None:
                     run(name, row, "finetuned", seed, lambda: (load(folder, name, row), FINETUNE, epochs, []))

@@ -16,7 +16,7 @@ ResNet-56), at half and at a quarter of the MACs, Torch-Pruning 1.6.1 side by si
    (``secateur.methods.allocate``), then ThiNet, LASSO and Torch-Pruning's three importances; each
    fine-tuned 1 epoch (SGD lr 0.01, cosine, wd 1e-4), seed 0.
 3. *decide*: the best secateur row, Torch-Pruning's best, the better automatic allocation (greedy,
-   search) and uniform again with seeds 1 and 2 (mean ± std), the best secateur architecture trained
+   search) and uniform again with seeds 1 and 2 (``--seeds N``: to N - 1; mean ± std), the best secateur architecture trained
    from scratch (random init, the baseline's 15 epochs + 1 at lr 0.1, seeds 0-2) and fine-tuned with
    distillation from the baseline; a paired bootstrap (10,000 resamples of the 10,000 test images and
    of each row's seeds) of each accuracy difference.
@@ -84,6 +84,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--minutes", type=float, default=1e9, help="finetune: start no row after this many minutes")
     ap.add_argument("--workers", type=int, default=0, help="finetune: data loader processes")
     ap.add_argument("--quick", action="store_true", help="finetune: 1,024 training images, 1 scratch epoch (a dry run)")
+    ap.add_argument("--seeds", type=int, default=3, help="finetune: seeds of the rows that decide a claim (from scratch: 3)")
     ap.add_argument("--first", action="store_true", help="finetune: only every row's seed-0 fine-tune")
     ap.add_argument("--prepare-rows", nargs="+", help="prepare: only these rows (e.g. secateur/greedy)")
     ap.add_argument("--finetune-rows", nargs="+", help="finetune: only the rows matching these patterns (e.g. 'b64-*')")
@@ -113,7 +114,7 @@ def main(argv: list[str]) -> None:
         q.finetune(folder, list(bases), lambda m: copy.deepcopy(bases[m]), loader,
                    DataLoader(fashion_mnist("test"), batch_size=1000), rows_file, epochs=1,
                    scratch_epochs=1 if args.quick else B["base"] + 1, deadline=time.time() + 60 * args.minutes,
-                   checkpoints=ck / "checkpoints", first_only=args.first, only=args.finetune_rows)
+                   checkpoints=ck / "checkpoints", first_only=args.first, only=args.finetune_rows, seeds=args.seeds)
     if "report" in sections or "cut" in sections:
         if rows_file.exists():
             rows += decided(json.loads(rows_file.read_text()))

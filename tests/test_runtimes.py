@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import sys
 
 import numpy as np
@@ -326,18 +327,38 @@ def test_a_session_on_a_busy_machine_is_measured_again_and_else_warned_about(mon
     assert got == [pytest.approx((cost[1] + busy) / (cost[0] + busy))]   # the least busy, said to be off
 
 
-def test_a_latency_target_past_the_tables_floor_is_cut_to_the_floor_and_measured(monkeypatch) -> None:
-    monkeypatch.setitem(rt._base._BACKENDS, "staircase", Staircase())
+class Overhead(Staircase):
+    """The staircase plus a fixed cost a run (a runtime's per-run overhead): a floor no cut goes under."""
+
+    name, fixed = "overhead", 20.0
+
+    def latency(self, prepared, repeats, warmup):
+        return super().latency(prepared, repeats, warmup) + self.fixed
+
+
+@pytest.mark.parametrize("runtime", ["staircase", "overhead"])
+def test_a_latency_target_out_of_reach_returns_the_cut_keeping_the_most_near_the_fastest(monkeypatch, runtime):
+    monkeypatch.setitem(rt._base._BACKENDS, runtime, Overhead() if runtime == "overhead" else Staircase())
     model, x = _vgg(), torch.randn(1, 3, 16, 16)
     graph = secateur.trace(model, x)
-    table = rt.latency_table(model, graph, "staircase", progress=False)
+    table = rt.latency_table(model, graph, runtime, progress=False)
     with pytest.raises(secateur.TargetError) as caught:   # the planner alone: out of reach, and how far it gets
         secateur.plan.make_plan(graph, {g.index: torch.ones(g.size).numpy() for g in graph.prunable},
                                 secateur.Target(macs=0.01), secateur.plan.layer_facts(graph), table)
-    with pytest.warns(RuntimeWarning, match="not within 5 % of target_latency=0.01"):
-        small = secateur.prune(model, x, L1(), target_latency=0.01, runtime="staircase")
-    cost = [rt.prepare(m, x, "staircase").latency() for m in (model, small)]
-    assert cost[1] / cost[0] == pytest.approx(caught.value.reachable, rel=0.05) and caught.value.reachable > 0.01
+    with pytest.warns(RuntimeWarning, match=r"target_latency=0.01 is past what the runtime reaches") as said:
+        small = secateur.prune(model, x, L1(), target_latency=0.01, runtime=runtime)
+    floor, got = (float(v) for v in re.findall(r"measured (0\.\d+)", str(said[0].message)))
+    assert caught.value.reachable > 0.01 and floor <= got <= 1.05 * floor
+    cost = [rt.prepare(m, x, runtime).latency() for m in (model, small)]
+    assert cost[1] / cost[0] == pytest.approx(got, abs=1e-3)
+    # the fastest cut on the table's grid (widths of 8): the knee keeps more of the MACs than it
+    grid = secateur.prune(model, x, L1(), amount={n: 1 - 8 / w for n, w in zip(("0", "3", "6", "9"), (24, 40, 56, 72))})
+    assert rt.prepare(grid, x, runtime).latency() / cost[0] == pytest.approx(floor, rel=0.02)
+    macs = [secateur.measure(m, x, latency=False).macs for m in (small, grid)]
+    if runtime == "overhead":   # a fixed cost flattens the last stairs: near the floor the knee keeps more
+        assert macs[0] > 1.2 * macs[1]
+    else:                       # no stair fits within 5 % of the floor: the floor cut itself
+        assert macs[0] == macs[1]
 
 
 def test_a_latency_plan_thins_no_group_past_half_while_half_can_meet_the_target(monkeypatch) -> None:
