@@ -151,13 +151,14 @@ def deciding(seed0: dict[str, float]) -> tuple[str | None, str | None, str | Non
 
 def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, scratch_epochs: int,
              deadline: float, checkpoints: Path, first_only: bool = False, only: list[str] | None = None,
-             seeds: int = len(SEEDS)) -> list[dict]:
+             seeds: int = len(SEEDS), recalibrate=None) -> list[dict]:
     """Fine-tune every prepared row (seed 0), then (unless ``first_only``) distillation for each
     model's best secateur row, the seeds 1 to ``seeds`` - 1 of the rows that decide a claim (the best
     secateur and Torch-Pruning rows, the better automatic allocation and uniform), and the best secateur
     architecture trained from scratch for ``scratch_epochs`` (seeds 0-2), until
     ``deadline`` (time.time()); a row stopped part-way resumes from its checkpoint under ``checkpoints``;
-    ``only``: the prepared rows matching these patterns (fnmatch)."""
+    ``only``: the prepared rows matching these patterns (fnmatch); ``recalibrate``: also each prepared
+    row's model as ``recalibrate(model)`` leaves it, not fine-tuned (variant "recalibrated", 0 epochs)."""
     rows = json.loads(out.read_text()) if out.exists() else []
     done = {(r["model"], r["row"], r["variant"], r["seed"]) for r in rows}
 
@@ -170,7 +171,7 @@ def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, 
         ck = checkpoints / "-".join(str(k).replace("/", "-") for k in (name, row, variant, seed))
         try:   # a long row (from scratch) resumes where a stopped run left it ("seconds": this run's part)
             hist = fit(model, train, epochs=n, optim=optim, seed=seed, progress=False, callbacks=callbacks,
-                       checkpoint=ck, resume=True)
+                       checkpoint=ck, resume=True) if n else [{"loss": None}]
         except Exception as e:   # a row that fails is reported, the others still run
             print(f"finetune {name} {row} {variant} seed {seed}: fails: {_common.error_line(e)}", flush=True)
             return
@@ -180,7 +181,7 @@ def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, 
                          train_loss=hist[-1]["loss"], seconds=time.perf_counter() - start, correct=_pack(ok),
                          prepared={k: v for k, v in made.items() if k != "row"}))
         _common._dump(out, rows, indent=1)
-        shutil.rmtree(ck)   # the row is in out now; the checkpoint was ours
+        shutil.rmtree(ck, ignore_errors=True)   # the row is in out now; the checkpoint (if any) was ours
         print(f"finetune {name} {row} {variant} seed {seed}: {ok.mean():.4f} ({time.perf_counter() - start:.0f} s)",
               flush=True)
 
@@ -194,6 +195,8 @@ def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, 
             if only and not any(fnmatch.fnmatch(m["row"], p) for p in only):
                 continue
             run(name, m["row"], "finetuned", 0, lambda: (load(folder, name, m["row"]), FINETUNE, epochs, []))
+            if recalibrate is not None:   # no fine-tune: the manifest's acc_recalibrated, image by image
+                run(name, m["row"], "recalibrated", 0, lambda: (recalibrate(load(folder, name, m["row"])), None, 0, []))
     if first_only:
         return rows
     for name in names:

@@ -84,10 +84,15 @@ def measured(made, info: dict, measure, label: str) -> list[dict]:
 
 
 # --- 1. ThiNet's Figure 4: prune some layers, no fine-tune ------------------------------------------
-def recalibrated_acc(model: nn.Module, train, test, batches: int = 20) -> float:
-    """Test accuracy after ``secateur.recalibrate_bn`` on the first ``batches`` of ``train`` (seeded)."""
+def recalibrated(model: nn.Module, train, batches: int = 20) -> nn.Module:
+    """``secateur.recalibrate_bn`` on the first ``batches`` of ``train`` (seeded: the same batches each time)."""
     torch.manual_seed(SEED)
-    return evaluate(secateur.recalibrate_bn(model, train, batches=batches), test)["acc"]
+    return secateur.recalibrate_bn(model, train, batches=batches)
+
+
+def recalibrated_acc(model: nn.Module, train, test, batches: int = 20) -> float:
+    """Test accuracy after :func:`recalibrated`."""
+    return evaluate(recalibrated(model, train, batches), test)["acc"]
 
 
 def fig4(base, acc_base, calib, test, train) -> list[dict]:

@@ -19,7 +19,8 @@ ResNet-56), at half and at a quarter of the MACs, Torch-Pruning 1.6.1 side by si
    search) and uniform again with seeds 1 and 2 (``--seeds N``: to N - 1; mean ± std), the best secateur architecture trained
    from scratch (random init, the baseline's 15 epochs + 1 at lr 0.1, seeds 0-2) and fine-tuned with
    distillation from the baseline; a paired bootstrap (10,000 resamples of the 10,000 test images and
-   of each row's seeds) of each accuracy difference.
+   of each row's seeds) of each accuracy difference, and of the same claims right after the cut (every
+   prepared row BN-recalibrated, not fine-tuned: variant "recalibrated").
 
 Accuracy is on the full 10,000-image test split; calibration data (data criteria, ThiNet, LASSO) is
 1,000 training images. Each finished section is kept under benchmarks/.cache/full/ and skipped by a
@@ -45,7 +46,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import _quality_rows as q
-from datadriven import SEED, makers, measured, prepare, recalibrated_acc
+from datadriven import SEED, makers, measured, prepare, recalibrated, recalibrated_acc
 from secateur.data import fashion_mnist
 from secateur.methods import record
 from secateur.train import evaluate
@@ -114,7 +115,8 @@ def main(argv: list[str]) -> None:
         q.finetune(folder, list(bases), lambda m: copy.deepcopy(bases[m]), loader,
                    DataLoader(fashion_mnist("test"), batch_size=1000), rows_file, epochs=1,
                    scratch_epochs=1 if args.quick else B["base"] + 1, deadline=time.time() + 60 * args.minutes,
-                   checkpoints=ck / "checkpoints", first_only=args.first, only=args.finetune_rows, seeds=args.seeds)
+                   checkpoints=ck / "checkpoints", first_only=args.first, only=args.finetune_rows, seeds=args.seeds,
+                   recalibrate=lambda m: recalibrated(m, train))
     if "report" in sections or "cut" in sections:
         if rows_file.exists():
             rows += decided(json.loads(rows_file.read_text()))
@@ -137,6 +139,8 @@ def decided(tuned: list[dict]) -> list[dict]:
             tool, method = row.split("/")
             accs = [r["acc"] for r in rs]
             seeds[row, variant] = np.stack([q.unpack(r["correct"], 10_000) for r in rs])
+            if variant == "recalibrated":   # the prepared row's acc_recalibrated: for the bootstrap only
+                continue
             m = rs[0]["prepared"]
             out.append(_common.row(
                 model=model, tool=tool, method=f"{method} ({variant})", experiment="finetune",
@@ -157,15 +161,17 @@ def decided(tuned: list[dict]) -> list[dict]:
 def comparisons(means: dict) -> list[tuple]:
     """The pairs that decide a claim, as (row, variant) keys of ``means`` (seed-0 accuracy by key): the
     best secateur row (by seed 0, as the fine-tune chose it) against Torch-Pruning's best, from scratch
-    and distilled; the better automatic allocation (greedy, search) against uniform; and at equal
-    measured latency, the latency-planned model against the MAC-planned one and Torch-Pruning's."""
-    ours, theirs, automatic, uniform = (None if r is None else (r, "finetuned") for r in q.deciding(
-        {row: acc for (row, variant), acc in means.items() if variant == "finetuned"}))
+    and distilled; the better automatic allocation (greedy, search) against uniform; the same two
+    claims right after the cut (BN recalibrated, no fine-tune); and at equal measured latency, the
+    latency-planned model against the MAC-planned one and Torch-Pruning's."""
     pairs = []
-    if ours:
-        pairs += [(ours, k) for k in (theirs, (ours[0], "scratch"), (ours[0], "distilled")) if k in means]
-    if automatic and uniform:   # automatic allocation against uniform
-        pairs.append((automatic, uniform))
+    for stage in ("finetuned", "recalibrated"):   # after the same fine-tune, and right after the cut
+        ours, theirs, automatic, uniform = (None if r is None else (r, stage) for r in q.deciding(
+            {row: acc for (row, variant), acc in means.items() if variant == stage}))
+        if ours:
+            pairs += [(ours, k) for k in (theirs, (ours[0], "scratch"), (ours[0], "distilled")) if k in means]
+        if automatic and uniform:   # automatic allocation against uniform
+            pairs.append((automatic, uniform))
     for row, variant in means:
         if row.endswith("/secateur-latency"):
             prefix = row.rsplit("/", 1)[0]
