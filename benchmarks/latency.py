@@ -9,8 +9,9 @@ For each model (torchvision, random weights, 1000 classes, batch 1, 224 px; ``--
 
 * ``secateur-latency``: ``secateur.prune(..., target_latency=0.5, runtime=)``: per-layer latency
   tables (cached; cost and cache hits recorded), the greedy planner on them (its default limit: at
-  most half of any group while that meets the goal), then measured and re-planned until within 5 %;
-  the table's prediction for the final model is recorded too;
+  most half of any group while that meets the goal), then measured and re-planned until within 5 %
+  (past what the runtime reaches: the cut keeping the most within 5 % of the fastest measured); the
+  table's prediction for the final model is recorded too;
 * ``secateur-macs``: the MAC planner, its ``target_macs`` searched (8 probes at most) until its
   measured latency is within 3 % of what the latency plan measures (median of 3): the two are
   compared at equal latency, what a user of a MAC-only tool does by hand;
