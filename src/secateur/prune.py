@@ -155,18 +155,18 @@ def _macs(model: nn.Module, graph: Graph) -> int:
 
 
 def _cut_until(model, graph: Graph, replan, aim: float, fold: bool, ratio_of, *, band: tuple[float, float],
-               timed: bool = False, tries: int = 5, tried: list | None = None) -> tuple[nn.Module, float, bool]:
+               timed: bool = False, tries: int = 5, tried: list | None = None) -> tuple[nn.Module, float, bool, bool]:
     """Cut by ``replan``'s plan for the goal ``aim`` (the first, or the next on ``tried``'s pairs),
     measure ``ratio_of(cut)``; while it is outside ``aim`` times ``band``, plan again for a corrected
     goal (the planner predicts conv and linear MACs or layer latencies; attention's matrix products or
     a whole runtime shrink differently): :func:`next_goal`. Returns the first cut within the band, else
-    the closest (at or under the aim preferred), its ratio, and whether it is in the band; ``tried``
-    gains every (goal planned for, ratio measured). A ``timed`` ratio that lands in the band is timed
+    the closest (at or under the aim preferred), its ratio, whether it is in the band, and whether the
+    planner could go no further; ``tried`` gains every (goal planned for, ratio measured). A ``timed`` ratio that lands in the band is timed
     once more and the two averaged before it is accepted (one timing on a busy machine moves by a few
     per cent)."""
     tried = [] if tried is None else tried
     plan, goal = replan(next_goal(tried, aim) if tried else aim)
-    best = None
+    best, stuck = None, False
     for _ in range(tries):
         small = apply(copy.deepcopy(model), graph, plan, fold=fold)
         got = ratio_of(small)
@@ -182,28 +182,32 @@ def _cut_until(model, graph: Graph, replan, aim: float, fold: bool, ratio_of, *,
         try:
             plan, goal = replan(next_goal(tried, aim))
         except ValueError:
+            stuck = True
             break
         if plan == last:   # the planner can go no further that way: nothing new to measure
+            stuck = True
             break
-    return best[1], best[2], best[0][0]
+    return best[1], best[2], best[0][0], stuck
 
 
 def _timed_cut(model, graph: Graph, replan, aim: float, fold: bool, ratio_of) -> nn.Module:
-    """The cut within 5 % of the latency ``aim``, measured. Past what the runtime can reach (its
-    fixed costs, or the table's floor), the fastest cut measured, ``floor``, bought its last per cent
-    with most of the channels (PyTorch eager, batch 1: VGG-8 on Fashion-MNIST at 0.70 with 0.04 of
-    the MACs): then the cut keeping the most within ``KNEE`` of ``floor`` is returned, with a warning."""
+    """The cut within 5 % of the latency ``aim``, measured. Past what the runtime can reach (the
+    planner at the table's floor, or a goal 20 % lower measuring under 3 % faster: a runtime's fixed
+    costs), the fastest cut measured, ``floor``, bought its last per cent with most of the channels
+    (PyTorch eager, batch 1: VGG-8 on Fashion-MNIST at 0.70 with 0.04 of the MACs): then the cut
+    keeping the most within ``KNEE`` of ``floor`` is returned, with a warning."""
     tried: list[tuple[float, float]] = []
-    small, got, met = _cut_until(model, graph, replan, aim, fold, ratio_of, band=(0.95, 1.05), timed=True,
-                                 tries=8, tried=tried)
+    small, got, met, stuck = _cut_until(model, graph, replan, aim, fold, ratio_of, band=(0.95, 1.05), timed=True,
+                                        tries=8, tried=tried)
     if met:
         return small
-    if got > aim:   # slower than asked, at best: aim for the knee instead
+    flat = any(g2 <= 0.8 * g1 and r2 >= 0.97 * r1 for g1, r1 in tried for g2, r2 in tried)
+    if got > aim and (stuck or flat):   # slower than asked, and cutting more stopped paying: the knee
         floor, fastest = got, small
         goal_at_floor = min((g for g, r in tried if r == floor), default=aim)
         try:
-            small, got, met = _cut_until(model, graph, replan, floor * KNEE, fold, ratio_of, band=(0.95, 1.0),
-                                         timed=True, tries=4, tried=[(goal_at_floor, floor)])
+            small, got, met, _ = _cut_until(model, graph, replan, floor * KNEE, fold, ratio_of, band=(0.95, 1.0),
+                                            timed=True, tries=4, tried=[(goal_at_floor, floor)])
         except ValueError:
             met = False
         if not (met or got <= floor * KNEE):
