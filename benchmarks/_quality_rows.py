@@ -171,15 +171,15 @@ def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, 
         ck = checkpoints / "-".join(str(k).replace("/", "-") for k in (name, row, variant, seed))
         try:   # a long row (from scratch) resumes where a stopped run left it ("seconds": this run's part)
             hist = fit(model, train, epochs=n, optim=optim, seed=seed, progress=False, callbacks=callbacks,
-                       checkpoint=ck, resume=True) if n else [{"loss": None}]
+                       checkpoint=ck, resume=True) if n else []
         except Exception as e:   # a row that fails is reported, the others still run
             print(f"finetune {name} {row} {variant} seed {seed}: fails: {_common.error_line(e)}", flush=True)
             return
         ok = correctness(model, test)
         made = next(m for m in manifests[name] if m["row"] == row)   # the row carries how it was made
         rows.append(dict(model=name, row=row, variant=variant, seed=seed, epochs=n, acc=float(ok.mean()),
-                         train_loss=hist[-1]["loss"], seconds=time.perf_counter() - start, correct=_pack(ok),
-                         prepared={k: v for k, v in made.items() if k != "row"}))
+                         train_loss=hist[-1]["loss"] if hist else None, seconds=time.perf_counter() - start,
+                         correct=_pack(ok), prepared={k: v for k, v in made.items() if k != "row"}))
         _common._dump(out, rows, indent=1)
         shutil.rmtree(ck, ignore_errors=True)   # the row is in out now; the checkpoint (if any) was ours
         print(f"finetune {name} {row} {variant} seed {seed}: {ok.mean():.4f} ({time.perf_counter() - start:.0f} s)",

@@ -138,15 +138,16 @@ def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
         return make_plan(graph, scores, replace(target, macs=floor, max_amount=limits[-1]), facts, costs), floor
     if target.macs is None:
         return apply(copy.deepcopy(model), graph, make_plan(graph, scores, target, facts), fold=fold)
+    first = replan(target.macs)   # a target the planner cannot meet fails here, before anything is measured
     if target_latency is not None:
         ratio_of = runtimes.ratio_to(model, graph.example_inputs, runtime, threads=threads, sessions=3, rounds=2)
-        return _timed_cut(model, graph, replan, target.macs, fold, ratio_of)
+        return _timed_cut(model, graph, replan, first, target.macs, fold, ratio_of)
     if target_macs is not None:
         base = _macs(model, graph)
         if abs(base - estimate_macs(graph, facts, {})) > 1e-3 * base:   # not all MACs are in conv/linear
             return _cut_until(model, graph, replan, target.macs, fold, lambda small: _macs(small, graph) / base,
-                              band=(0.99, 1.0))[0]
-    return apply(copy.deepcopy(model), graph, replan(target.macs)[0], fold=fold)
+                              band=(0.99, 1.0), first=first)[0]
+    return apply(copy.deepcopy(model), graph, first[0], fold=fold)
 
 
 def _macs(model: nn.Module, graph: Graph) -> int:
@@ -155,17 +156,18 @@ def _macs(model: nn.Module, graph: Graph) -> int:
 
 
 def _cut_until(model, graph: Graph, replan, aim: float, fold: bool, ratio_of, *, band: tuple[float, float],
-               timed: bool = False, tries: int = 5, tried: list | None = None) -> tuple[nn.Module, float, bool, bool]:
-    """Cut by ``replan``'s plan for the goal ``aim`` (the first, or the next on ``tried``'s pairs),
-    measure ``ratio_of(cut)``; while it is outside ``aim`` times ``band``, plan again for a corrected
-    goal (the planner predicts conv and linear MACs or layer latencies; attention's matrix products or
-    a whole runtime shrink differently): :func:`next_goal`. Returns the first cut within the band, else
-    the closest (at or under the aim preferred), its ratio, whether it is in the band, and whether the
-    planner could go no further; ``tried`` gains every (goal planned for, ratio measured). A ``timed`` ratio that lands in the band is timed
-    once more and the two averaged before it is accepted (one timing on a busy machine moves by a few
-    per cent)."""
+               timed: bool = False, tries: int = 5, tried: list | None = None,
+               first: tuple[Plan, float] | None = None) -> tuple[nn.Module, float, bool, bool]:
+    """Cut by ``first`` (a ``replan`` result; by default ``replan``'s plan for ``aim``, or for the next
+    goal on ``tried``'s pairs), measure ``ratio_of(cut)``; while it is outside ``aim`` times ``band``,
+    plan again for a corrected goal (the planner predicts conv and linear MACs or layer latencies;
+    attention's matrix products or a whole runtime shrink differently): :func:`next_goal`. Returns the
+    first cut within the band, else the closest (at or under the aim preferred), its ratio, whether it
+    is in the band, and whether the planner could go no further; ``tried`` gains every (goal planned
+    for, ratio measured). A ``timed`` ratio that lands in the band is timed once more and the two
+    averaged before it is accepted (one timing on a busy machine moves by a few per cent)."""
     tried = [] if tried is None else tried
-    plan, goal = replan(next_goal(tried, aim) if tried else aim)
+    plan, goal = first if first is not None else replan(next_goal(tried, aim) if tried else aim)
     best, stuck = None, False
     for _ in range(tries):
         small = apply(copy.deepcopy(model), graph, plan, fold=fold)
@@ -190,15 +192,16 @@ def _cut_until(model, graph: Graph, replan, aim: float, fold: bool, ratio_of, *,
     return best[1], best[2], best[0][0], stuck
 
 
-def _timed_cut(model, graph: Graph, replan, aim: float, fold: bool, ratio_of) -> nn.Module:
+def _timed_cut(model, graph: Graph, replan, first, aim: float, fold: bool, ratio_of) -> nn.Module:
     """The cut within 5 % of the latency ``aim``, measured. Past what the runtime can reach (the
     planner at the table's floor, or a goal 20 % lower measuring under 3 % faster: a runtime's fixed
     costs), the fastest cut measured, ``floor``, bought its last per cent with most of the channels
     (PyTorch eager, batch 1: VGG-8 on Fashion-MNIST at 0.70 with 0.04 of the MACs): then the cut
-    keeping the most within ``KNEE`` of ``floor`` is returned, with a warning."""
+    keeping the most within ``KNEE`` of ``floor`` is returned, with a warning. ``first``: the plan
+    for ``aim``, made before anything was measured."""
     tried: list[tuple[float, float]] = []
     small, got, met, stuck = _cut_until(model, graph, replan, aim, fold, ratio_of, band=(0.95, 1.05), timed=True,
-                                        tries=8, tried=tried)
+                                        tries=8, tried=tried, first=first)
     if met:
         return small
     flat = any(g2 <= 0.8 * g1 and r2 >= 0.97 * r1 for g1, r1 in tried for g2, r2 in tried)
@@ -208,8 +211,8 @@ def _timed_cut(model, graph: Graph, replan, aim: float, fold: bool, ratio_of) ->
         try:
             small, got, met, _ = _cut_until(model, graph, replan, floor * KNEE, fold, ratio_of, band=(0.95, 1.0),
                                             timed=True, tries=4, tried=[(goal_at_floor, floor)])
-        except ValueError:
-            met = False
+        except ValueError:   # no plan above the floor: the fastest cut stays
+            pass
         if not (met or got <= floor * KNEE):
             small, got = fastest, floor
         warnings.warn(f"secateur.prune: target_latency={aim} is past what the runtime reaches (the fastest cut "

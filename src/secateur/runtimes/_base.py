@@ -230,7 +230,7 @@ def ratios_to(model: nn.Module, example_inputs, runtime: str = "torch", *, threa
     try:
         base = prepare(model, example_inputs, runtime, threads=threads, folder=home / "base")
         repeats = repeats_for(base, seconds * 1e3, least=10, most=500, probe=5)
-        fastest = [base.latency(repeats=repeats, warmup=0)]   # the whole model's fastest median so far
+        fastest = base.latency(repeats=repeats, warmup=0)   # the whole model's fastest median so far
         del base
     except BaseException:
         shutil.rmtree(home, ignore_errors=True)
@@ -238,6 +238,7 @@ def ratios_to(model: nn.Module, example_inputs, runtime: str = "torch", *, threa
     calls = itertools.count()
 
     def ratios(smalls: list[nn.Module]) -> list[float]:
+        nonlocal fastest
         folders = [home / f"{next(calls)}" for _ in smalls]
         try:
             timed = []   # (the whole model's median, the ratios) of each session
@@ -248,13 +249,13 @@ def ratios_to(model: nn.Module, example_inputs, runtime: str = "torch", *, threa
                           for m, f in zip([*smalls, model], [*folders, home / "base"])]
                 *cut, whole = alternating(loaded, repeats, rounds)
                 del loaded
-                fastest[0] = min(fastest[0], whole)
+                fastest = min(fastest, whole)
                 timed.append((whole, [c / whole for c in cut]))
-                if len(timed) >= sessions and sum(w <= DISTURBED * fastest[0] for w, _ in timed) >= sessions:
+                if len(timed) >= sessions and sum(w <= DISTURBED * fastest for w, _ in timed) >= sessions:
                     break
             kept = sorted(timed, key=lambda t: t[0])[:sessions]
-            if kept[-1][0] > DISTURBED * fastest[0]:
-                warnings.warn(f"{runtime}: the model ran {kept[-1][0] / fastest[0]:.2f}x slower than its fastest "
+            if kept[-1][0] > DISTURBED * fastest:
+                warnings.warn(f"{runtime}: the model ran {kept[-1][0] / fastest:.2f}x slower than its fastest "
                               f"in {len(timed)} sessions: the machine is busy, so the ratios may be off; time on "
                               "an idle machine", stacklevel=3)
             return [statistics.median(r) for r in zip(*(r for _, r in kept))]
