@@ -14,7 +14,7 @@ ResNet-56), at half and at a quarter of the MACs, Torch-Pruning 1.6.1 side by si
 2. *allocation* at a quarter of the MACs (L1 scores): uniform, global, Li's sensitivity ratios (curves
    on 1,024 training images, the tolerance bisected to the budget), greedy and search
    (``secateur.methods.allocate``), then ThiNet, LASSO and Torch-Pruning's three importances; each
-   fine-tuned 1 epoch (SGD lr 0.01, cosine, wd 1e-4), seed 0.
+   fine-tuned 1 epoch (SGD lr 0.01, cosine annealed step by step, wd 1e-4), seed 0.
 3. *decide*: the best secateur row, Torch-Pruning's best, the better automatic allocation (greedy,
    search) and uniform again with seeds 1 and 2 (``--seeds N``: to N - 1; mean ± std), the best
    secateur architecture trained from scratch (random init, the baseline's 15 epochs + 1 at lr 0.1,

@@ -192,7 +192,7 @@ def test_iterative_magnitude_end_to_end(tmp_path):
     from secateur.train import fit
     fit(base, train, epochs=4, optim=Optim(lr=0.05), progress=False)
     result = magnitude(base, train, torch.randn(2, 1, 8, 8),
-                       Magnitude(qualities=(0.5, 1.0), epochs=2, optim=Optim(lr=0.02)),
+                       Magnitude(qualities=(0.5, 1.0), epochs=2, optim=Optim(lr=0.1)),
                        eval_loader=test, progress=False)
     rounds = [r for r in result.records if r["stage"] == "retrained"]
     assert [r["round"] for r in rounds] == [0, 1]

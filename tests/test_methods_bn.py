@@ -110,7 +110,7 @@ def test_slimming_multi_pass_end_to_end():
     model = tiny_net()
     before = copy.deepcopy(model.state_dict())
     config = Slimming(sparsity=1e-3, amount=0.4, sparsity_epochs=3, finetune_epochs=2, passes=2,
-                      optim=Optim(lr=0.05))
+                      optim=Optim(lr=0.1))
     result = slimming(model, train, X, config, eval_loader=test, progress=False)
     stages = [r["stage"] for r in result.records]
     assert stages == ["baseline"] + ["sparse", "pruned", "recalibrated", "finetuned"] * 2

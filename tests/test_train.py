@@ -1,6 +1,7 @@
 """fit: learns, resumes to the same result, refuses bad input in one line, distils, runs under torchrun."""
 import copy
 import json
+import math
 import os
 import subprocess
 import sys
@@ -33,7 +34,7 @@ def test_fit_learns_and_reports():
     train, test = _loaders()
     model = _net()
     before = evaluate(model, test)["acc"]
-    history = fit(model, train, epochs=4, optim=Optim(lr=0.05), eval_loader=test, progress=False)
+    history = fit(model, train, epochs=4, optim=Optim(lr=0.1), eval_loader=test, progress=False)
     assert len(history) == 4 and [h["epoch"] for h in history] == [0, 1, 2, 3]
     assert history[-1]["eval_acc"] > max(0.9, before + 0.3)
     assert history[-1]["loss"] < history[0]["loss"]
@@ -46,6 +47,24 @@ def test_schedules():
     assert [round(cos.lr_at(e, 4), 6) for e in range(4)] == [0.1, 0.085355, 0.05, 0.014645]
     assert [step.lr_at(e, 8) for e in range(8)] == pytest.approx([0.1] * 4 + [0.01] * 2 + [0.001] * 2)
     assert Optim(schedule="constant").lr_at(7, 8) == 0.1
+    assert step.lr_at(3.9, 8) == pytest.approx(0.1) and cos.lr_at(0.5, 1) == pytest.approx(0.05)
+
+
+class _Rates(Callback):
+    def __init__(self):
+        self.rates = []
+
+    def after_step(self, model, lr):
+        self.rates.append(lr)
+
+
+def test_a_one_epoch_cosine_fine_tune_anneals_step_by_step():
+    train, _ = _loaders()   # 8 steps an epoch
+    rates = _Rates()
+    history = fit(_net(), train, epochs=1, optim=Optim(lr=0.1), progress=False, callbacks=[rates])
+    assert history[0]["lr"] == rates.rates[0] == 0.1 and len(rates.rates) == len(train) == 8
+    assert rates.rates == sorted(rates.rates, reverse=True)
+    assert rates.rates[-1] == pytest.approx(0.05 * (1 + math.cos(math.pi * 7 / 8)))   # 0.0038: annealed
 
 
 class _Interrupt(Callback):

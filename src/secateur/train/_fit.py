@@ -22,10 +22,11 @@ SCHEDULES = ("cosine", "step", "constant")
 
 @dataclass(frozen=True)
 class Optim:
-    """SGD with momentum and a per-epoch learning-rate schedule.
+    """SGD with momentum and a learning-rate schedule.
 
-    schedule: "cosine" (from lr to 0), "step" (times ``gamma`` at each of ``milestones``, given as
-    fractions of the epochs, e.g. the papers' 0.5 and 0.75) or "constant".
+    schedule: "cosine" (from lr to 0, falling step by step, so that a one-epoch fine-tune anneals as a
+    long run does), "step" (times ``gamma`` at each of ``milestones``, given as fractions of the
+    epochs, e.g. the papers' 0.5 and 0.75; at epoch boundaries) or "constant".
     """
 
     lr: float = 0.1
@@ -46,11 +47,12 @@ class Optim:
         if any(not 0 < m < 1 for m in self.milestones):
             raise ValueError(f"Optim milestones={self.milestones!r} must be fractions of the epochs in (0, 1)")
 
-    def lr_at(self, epoch: int, epochs: int) -> float:
+    def lr_at(self, epoch: float, epochs: int) -> float:
+        """The rate at ``epoch``, a fraction within it counted (``2.5``: half-way through the third)."""
         if self.schedule == "cosine":
             return self.lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
         if self.schedule == "step":
-            return self.lr * self.gamma ** sum(epoch >= round(m * epochs) for m in self.milestones)
+            return self.lr * self.gamma ** sum(math.floor(epoch) >= round(m * epochs) for m in self.milestones)
         return self.lr
 
     def build(self, params: Iterable[nn.Parameter]) -> torch.optim.SGD:
@@ -164,13 +166,13 @@ def fit(model: nn.Module, train_loader, *, epochs: int, optim: Optim = Optim(), 
     for cb in callbacks:
         cb.on_fit_begin(model)
     for epoch in range(done, epochs):
-        lr = optim.lr_at(epoch, epochs)
-        for group in opt.param_groups:
-            group["lr"] = lr
         _seed_epoch(seed, epoch, loader)
-        logs = {"epoch": epoch, "lr": lr, **_train_epoch(net, model, loader, opt, callbacks, lr, device,
-                                                          channels_last, progress and rank == 0,
-                                                          f"epoch {epoch + 1}/{epochs}")}
+        steps = len(loader) if hasattr(loader, "__len__") else 0   # 0: a loader without a length, per epoch
+        lr = optim.lr_at(epoch, epochs)
+        logs = {"epoch": epoch, "lr": lr,
+                **_train_epoch(net, model, loader, opt, callbacks,
+                               lambda i: optim.lr_at(epoch + i / steps if steps else epoch, epochs),
+                               device, channels_last, progress and rank == 0, f"epoch {epoch + 1}/{epochs}")}
         if not math.isfinite(logs["loss"]) or not all(bool(p.isfinite().all()) for p in model.parameters()):
             raise Diverged(f"the training diverged in epoch {epoch + 1} at lr={lr:g} (loss {logs['loss']:.3g}, "
                            f"weights no longer finite): lower the learning rate")
@@ -186,13 +188,17 @@ def fit(model: nn.Module, train_loader, *, epochs: int, optim: Optim = Optim(), 
     return history
 
 
-def _train_epoch(net, model, loader, opt, callbacks, lr, device, channels_last, show, desc) -> dict:
+def _train_epoch(net, model, loader, opt, callbacks, lr_of, device, channels_last, show, desc) -> dict:
+    """One epoch; ``lr_of(i)``: the learning rate of the epoch's step ``i``."""
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen, start = 0, time.perf_counter()
     bar = tqdm(loader, desc=desc, disable=not show, leave=False, dynamic_ncols=True)
-    for x, y in bar:
+    for i, (x, y) in enumerate(bar):
+        lr = lr_of(i)
+        for group in opt.param_groups:
+            group["lr"] = lr
         x, y = _to(x, device, channels_last), y.to(device, non_blocking=True)
         logits = net(x)
         loss = F.cross_entropy(logits, y)
