@@ -67,6 +67,17 @@ def test_a_one_epoch_cosine_fine_tune_anneals_step_by_step():
     assert rates.rates[-1] == pytest.approx(0.05 * (1 + math.cos(math.pi * 7 / 8)))   # 0.0038: annealed
 
 
+class _Stream(torch.utils.data.IterableDataset):   # a stream: its loader has no length
+    def __iter__(self):
+        yield from separable(64)
+
+
+def test_a_loader_without_a_length_trains_at_the_epochs_rate():
+    rates = _Rates()
+    fit(_net(), DataLoader(_Stream(), batch_size=32), epochs=2, optim=Optim(lr=0.1), progress=False, callbacks=[rates])
+    assert rates.rates == [0.1, 0.1, 0.05, 0.05]
+
+
 class _Interrupt(Callback):
     def __init__(self, at):
         self.at = at

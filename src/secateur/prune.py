@@ -69,7 +69,6 @@ def plan_per_layer(model: nn.Module, graph: Graph, criterion: Criterion, ratios:
 
 LATENCY_LIMITS = (0.5, 0.75, 0.9, 1.0)   # max_amount's steps for a latency target, tightest first
 KNEE = 1.05   # a latency target out of reach: the cut keeping the most within 5 % of the fastest measured
-AIMED = (0.97, 1.03)   # a latency cut is accepted within 3 % of the target, so that timed again it lands within 5 %
 
 
 def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
@@ -88,9 +87,8 @@ def prune(model: nn.Module, example_inputs, criterion: Criterion, *,
         ``example_inputs``: planned on per-layer latency tables of that runtime (timed once, cached
         on disk; widths snap to the stairs of its blocked layouts), then measured (the median of 3
         independent loads of the cut and the original, each pair timed in alternating rounds) and
-        re-planned until within 3 % of the target (so that another timing, which moves by a few per
-        cent, lands within 5 %); past what the runtime reaches, the cut keeping the most within 5 % of
-        the fastest measured, with a warning.
+        re-planned until within 5 % of the target; past what the runtime reaches, the cut keeping the
+        most within 5 % of the fastest measured, with a warning.
     ignore: modules (objects or names) whose outputs are kept whole; the classifier always is.
     min_channels: never leave a group with fewer channels. round_to: keep a multiple of N channels.
     global_ranking: one threshold across groups on scores normalised by each group's mean.
@@ -195,18 +193,18 @@ def _cut_until(model, graph: Graph, replan, aim: float, fold: bool, ratio_of, *,
 
 
 def _timed_cut(model, graph: Graph, replan, first, aim: float, fold: bool, ratio_of) -> nn.Module:
-    """The cut within ``AIMED`` of the latency ``aim``, measured, else the closest, without a warning
-    when within 5 % (timed again, a ratio moves by a few per cent: VGG-8 at batch 64, accepted within
-    5 %, read 0.523-0.530 in the benchmark's own timing). Past what the runtime can reach (the planner
-    at the table's floor, or a goal 20 % lower measuring under 3 % faster: a runtime's fixed
+    """The cut within 5 % of the latency ``aim``, measured. Past what the runtime can reach (the
+    planner at the table's floor, or a goal 20 % lower measuring under 3 % faster: a runtime's fixed
     costs), the fastest cut measured, ``floor``, bought its last per cent with most of the channels
     (PyTorch eager, batch 1: VGG-8 on Fashion-MNIST at 0.70 with 0.04 of the MACs): then the cut
     keeping the most within ``KNEE`` of ``floor`` is returned, with a warning. ``first``: the plan
     for ``aim``, made before anything was measured."""
     tried: list[tuple[float, float]] = []
-    small, got, met, stuck = _cut_until(model, graph, replan, aim, fold, ratio_of, band=AIMED, timed=True, tries=8,
-                                        tried=tried, first=first)
-    if met or 0.95 * aim <= got <= 1.05 * aim:
+    # not narrower: with a 3 % band, where one cut's timings move by +-6 % (ResNet-50, PyTorch eager, batch
+    # 16), the tries wandered (0.481, 0.531, 0.474, 0.456) and the cut accepted on a lucky timing read 0.61
+    small, got, met, stuck = _cut_until(model, graph, replan, aim, fold, ratio_of, band=(0.95, 1.05), timed=True,
+                                        tries=8, tried=tried, first=first)
+    if met:
         return small
     flat = any(g2 <= 0.8 * g1 and r2 >= 0.97 * r1 for g1, r1 in tried for g2, r2 in tried)
     if got > aim and (stuck or flat):   # slower than asked, and cutting more stopped paying: the knee

@@ -202,10 +202,8 @@ def ratio_to(model: nn.Module, example_inputs, runtime: str = "torch", *, thread
              seconds: float = 0.25, sessions: int = 1):
     """A function giving a model's latency relative to ``model``'s on ``runtime``: both timed in
     ``rounds`` alternating rounds, the medians compared, so that a machine's drift cancels. A round
-    times each model for about ``seconds`` (at least 3 runs), so that milliseconds-long models are
-    timed as steadily as long ones, and a model that runs for seconds (VGG-16-BN at batch 16 on 2
-    threads: 4 s, itself an average over many kernels) in minutes, not an hour; ``sessions``: see
-    :func:`ratios_to`."""
+    times each model for about ``seconds`` (at least 10 runs), so that milliseconds-long models are
+    timed as steadily as long ones; ``sessions``: see :func:`ratios_to`."""
     many = ratios_to(model, example_inputs, runtime, threads=threads, rounds=rounds, seconds=seconds,
                      sessions=sessions)
     return lambda small: many([small])[0]
@@ -231,7 +229,7 @@ def ratios_to(model: nn.Module, example_inputs, runtime: str = "torch", *, threa
     home = Path(tempfile.mkdtemp(prefix=f"secateur-{runtime}-"))   # the exports, one folder a model
     try:
         base = prepare(model, example_inputs, runtime, threads=threads, folder=home / "base")
-        repeats = repeats_for(base, seconds * 1e3, least=3, most=500, probe=3)
+        repeats = repeats_for(base, seconds * 1e3, least=10, most=500, probe=5)
         fastest = base.latency(repeats=repeats, warmup=0)   # the whole model's fastest median so far
         del base
     except BaseException:

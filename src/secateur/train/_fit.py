@@ -167,7 +167,7 @@ def fit(model: nn.Module, train_loader, *, epochs: int, optim: Optim = Optim(), 
         cb.on_fit_begin(model)
     for epoch in range(done, epochs):
         _seed_epoch(seed, epoch, loader)
-        steps = len(loader) if hasattr(loader, "__len__") else 0   # 0: a loader without a length, per epoch
+        steps = _steps(loader)
         lr = optim.lr_at(epoch, epochs)
         logs = {"epoch": epoch, "lr": lr,
                 **_train_epoch(net, model, loader, opt, callbacks,
@@ -186,6 +186,15 @@ def fit(model: nn.Module, train_loader, *, epochs: int, optim: Optim = Optim(), 
             save_checkpoint(path, model, opt, callbacks, epoch + 1, history)
         _dist.barrier(world)
     return history
+
+
+def _steps(loader) -> int:
+    """Batches in an epoch; 0 where the loader cannot tell (an iterable dataset without a length):
+    the rate then changes once an epoch."""
+    try:
+        return len(loader)
+    except TypeError:
+        return 0
 
 
 def _train_epoch(net, model, loader, opt, callbacks, lr_of, device, channels_last, show, desc) -> dict:
