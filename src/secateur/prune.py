@@ -201,7 +201,7 @@ def _timed_cut(model, graph: Graph, replan, first, aim: float, fold: bool, ratio
     for ``aim``, made before anything was measured."""
     tried: list[tuple[float, float]] = []
     # not narrower: with a 3 % band, where one cut's timings move by +-6 % (ResNet-50, PyTorch eager, batch
-    # 16), the tries wandered (0.481, 0.531, 0.474, 0.456) and the cut accepted on a lucky timing read 0.61
+    # 16), the tries wandered (0.481, 0.531, 0.474, 0.456) and the cut accepted read 0.61 when timed again
     small, got, met, stuck = _cut_until(model, graph, replan, aim, fold, ratio_of, band=(0.95, 1.05), timed=True,
                                         tries=8, tried=tried, first=first)
     if met:
