@@ -18,9 +18,10 @@ ResNet-56), at half and at a quarter of the MACs, Torch-Pruning 1.6.1 side by si
 3. *decide*: the best secateur row, Torch-Pruning's best, the better automatic allocation (greedy,
    search) and uniform again with seeds 1 and 2 (``--seeds N``: to N - 1; mean ± std), the best
    secateur architecture trained from scratch (random init, the baseline's 15 epochs + 1 at lr 0.1,
-   seeds 0-2) and fine-tuned with distillation from the baseline; a paired bootstrap (10,000 resamples of the 10,000 test images and
-   of each row's seeds) of each accuracy difference, and of the same claims right after the cut (every
-   prepared row BN-recalibrated, not fine-tuned: variant "recalibrated").
+   seeds 0-2) and fine-tuned with distillation from the baseline; a paired bootstrap (10,000
+   resamples of the 10,000 test images and of each row's seeds) of each accuracy difference, and of
+   the same claims right after the cut (every prepared row BN-recalibrated, not fine-tuned: variant
+   "recalibrated").
 
 Accuracy is on the full 10,000-image test split; calibration data (data criteria, ThiNet, LASSO) is
 1,000 training images. Each finished section is kept under benchmarks/.cache/full/ and skipped by a
