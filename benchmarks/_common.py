@@ -88,10 +88,10 @@ def write_results(name: str, rows: list[dict], argv: Sequence[str], keep_others:
     doc = {"benchmark": name.removesuffix("_quick"),
            "command": " ".join(["python", f"benchmarks/{Path(argv[0]).name}", *argv[1:]]),
            "date": datetime.date.today().isoformat(), "machine": machine(), "rows": rows}
-    return _dump(path, doc, indent=1)
+    return dump_json(path, doc, indent=1)
 
 
-def _dump(path: Path, obj, indent: int | None = None) -> Path:
+def dump_json(path: Path, obj, indent: int | None = None) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically (temp file in the same folder + rename)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
@@ -114,7 +114,7 @@ def stage_rows(path: Path | None, make: Callable[[], list[dict]]) -> list[dict]:
     rows = make()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _dump(path, rows)
+        dump_json(path, rows)
     return rows
 
 

@@ -101,7 +101,7 @@ def add_to_manifest(folder: Path, name: str, row: str, small: nn.Module, fields:
     torch.testing.assert_close(again.eval()(x), small.eval()(x))
     path = folder / name / "manifest.json"
     rows = [r for r in json.loads(path.read_text()) if r["row"] != row] if path.exists() else []
-    _common._dump(path, rows + [dict(row=row, **fields)], indent=1)
+    _common.dump_json(path, rows + [dict(row=row, **fields)], indent=1)
     print(f"kept {name} {row}: {fields}", flush=True)
 
 
@@ -180,7 +180,7 @@ def finetune(folder: Path, names, base_of, train, test, out: Path, epochs: int, 
         rows.append(dict(model=name, row=row, variant=variant, seed=seed, epochs=n, acc=float(ok.mean()),
                          train_loss=hist[-1]["loss"] if hist else None, seconds=time.perf_counter() - start,
                          correct=_pack(ok), prepared={k: v for k, v in made.items() if k != "row"}))
-        _common._dump(out, rows, indent=1)
+        _common.dump_json(out, rows, indent=1)
         shutil.rmtree(ck, ignore_errors=True)   # the row is in out now; the checkpoint (if any) was ours
         print(f"finetune {name} {row} {variant} seed {seed}: {ok.mean():.4f} ({time.perf_counter() - start:.0f} s)",
               flush=True)

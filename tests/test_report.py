@@ -10,7 +10,7 @@ from torch import nn
 
 import secateur
 from secateur.measure import count_macs, count_params
-from secateur.measure.stats import _si
+from secateur.measure.stats import si_count
 from secateur.report import peak_memory, plot_acc_vs_macs, plot_gammas, plot_rate_curves, widths, write_report
 
 F32 = 4
@@ -79,7 +79,7 @@ def test_write_report_table_and_figures(vgg8_pair, tmp_path) -> None:
                        onnx={"ONNX Runtime latency (ms)": (2.0, 0.5)}, title="vgg8 report", repeats=2)
     text = (out / "report.md").read_text()
     assert text.startswith("# vgg8 report\n")
-    assert f"| Parameters | {_si(p0)} | {_si(p1)} | {p1 / p0:.2f}x |" in text
+    assert f"| Parameters | {si_count(p0)} | {si_count(p1)} | {p1 / p0:.2f}x |" in text
     for row in ("| MACs per image |", "| CPU latency, batch 1 (ms) |", "| CPU latency, batch 64 (ms) |",
                 "| File size (safetensors) |", "| Peak inference memory, batch 1 |",
                 "| Peak inference memory, batch 64 |"):

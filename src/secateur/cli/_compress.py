@@ -153,13 +153,13 @@ def _method(recipe: Recipe, base, x, train, test, calib, ck: Path, how: dict) ->
 def stages_table(records: Sequence[Mapping]) -> str:
     """Params, MACs and accuracy of each evaluated stage (ratios to the first), as aligned text; the
     layer-wise methods' per-layer records (no accuracy) are left to records.json."""
-    from ..measure.stats import _si
+    from ..measure.stats import si_count
     records = [r for r in records if r.get("acc") is not None] or records
     first = records[0]
     lines = [["stage", "params", "MACs", "accuracy"]]
     for i, r in enumerate(records):
         ratio = (lambda k: f" ({r[k] / first[k]:.2f}x)" if i and first[k] else "")
-        lines.append([r["stage"], _si(r["params"]) + ratio("params"), _si(r["macs"]) + ratio("macs"),
+        lines.append([r["stage"], si_count(r["params"]) + ratio("params"), si_count(r["macs"]) + ratio("macs"),
                       "-" if r.get("acc") is None else f"{r['acc']:.2%}"])
     widths = [max(len(line[c]) for line in lines) for c in range(4)]
     return "\n".join("  ".join(cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in

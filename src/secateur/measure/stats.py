@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["Stats", "table"]
+__all__ = ["Stats", "byte_size", "si_count", "table"]
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,9 @@ class Stats:
 
     def cells(self) -> dict[str, str]:
         """Human-readable values, keyed by column title."""
-        return {"params": _si(self.params), "MACs": _si(self.macs),
+        return {"params": si_count(self.params), "MACs": si_count(self.macs),
                 "latency": _latency(self.latency_ms, self.latency_spread_ms),
-                "size": _size(self.bytes)}
+                "size": byte_size(self.bytes)}
 
     def __str__(self) -> str:
         return "  ".join(f"{title} {value}" for title, value in self.cells().items())
@@ -49,14 +49,14 @@ def _divide(a: float, b: float) -> float:
     return a / b if b else math.nan
 
 
-def _si(n: float) -> str:
+def si_count(n: float) -> str:
     for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= scale:
             return f"{n / scale:.2f}{suffix}"
     return f"{n:g}"
 
 
-def _size(n: int) -> str:
+def byte_size(n: int) -> str:
     for scale, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
         if n >= scale:
             return f"{n / scale:.2f} {suffix}"

@@ -16,7 +16,7 @@ from torch import nn
 from secateur.io import atomic_dir
 from secateur.measure import measure
 from secateur.forward import as_inputs, model_device, with_batch
-from secateur.measure.stats import _si, _size
+from secateur.measure.stats import byte_size, si_count
 from secateur.report._memory import peak_memory, widths
 from secateur.report._plots import plot_acc_vs_macs, plot_finetune, plot_gammas, plot_widths
 
@@ -124,17 +124,17 @@ def _alternate(pairs, x1: tuple[torch.Tensor, ...], batches: Sequence[int], repe
 
 
 def _table(m0: dict, m1: dict, batches: Sequence[int], accuracy, onnx) -> list[tuple[str, str, str, str]]:
-    rows = [("Parameters", _si(m0["params"]), _si(m1["params"]), _ratio(m1["params"], m0["params"])),
-            ("MACs per image", _si(m0["macs"]), _si(m1["macs"]), _ratio(m1["macs"], m0["macs"]))]
+    rows = [("Parameters", si_count(m0["params"]), si_count(m1["params"]), _ratio(m1["params"], m0["params"])),
+            ("MACs per image", si_count(m0["macs"]), si_count(m1["macs"]), _ratio(m1["macs"], m0["macs"]))]
     for b in batches:
         key, spread = f"latency_ms_b{b}", f"latency_spread_ms_b{b}"
         rows.append((f"CPU latency, batch {b} (ms)", _ms(m0[key], m0[spread]), _ms(m1[key], m1[spread]),
                      _ratio(m1[key], m0[key])))
-    rows.append(("File size (safetensors)", _size(m0["bytes"]), _size(m1["bytes"]), _ratio(m1["bytes"], m0["bytes"])))
+    rows.append(("File size (safetensors)", byte_size(m0["bytes"]), byte_size(m1["bytes"]), _ratio(m1["bytes"], m0["bytes"])))
     for b in batches:
         for key, title in ((f"peak_bytes_b{b}", f"Peak inference memory, batch {b}"),
                            (f"activation_bytes_b{b}", f"of which activations, batch {b}")):
-            rows.append((title, _size(m0[key]), _size(m1[key]), _ratio(m1[key], m0[key])))
+            rows.append((title, byte_size(m0[key]), byte_size(m1[key]), _ratio(m1[key], m0[key])))
     if accuracy is not None:
         a0, a1 = float(accuracy["before"]), float(accuracy["after"])
         percent = max(a0, a1) <= 1
