@@ -6,8 +6,11 @@ a one-line ``ValueError``; ``tracked_forward`` hands the failing module to the c
 
 from __future__ import annotations
 
+import ctypes
 import math
+import platform
 import time
+from functools import cache
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -57,19 +60,65 @@ def _synchronizer(device: torch.device) -> Callable[[], None]:
 def time_forward(model: nn.Module, inputs: Inputs, *, repeats: int, warmup: int) -> list[float]:
     """Seconds of each of ``repeats`` timed ``model(*inputs)`` calls, after ``warmup`` untimed ones.
 
-    The device is synchronised around every timed call when the inputs live on an accelerator.
+    The device is synchronised around every timed call when the inputs live on an accelerator; the C
+    allocator keeps what the runs free while they are timed (:func:`kept_memory`).
     """
     sync = _synchronizer(inputs[0].device if inputs else torch.device("cpu"))
-    for _ in range(warmup):
-        model(*inputs)
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(*inputs)
+    with kept_memory():
+        for _ in range(warmup):
+            model(*inputs)
         sync()
-        times.append(time.perf_counter() - start)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(*inputs)
+            sync()
+            times.append(time.perf_counter() - start)
     return times
+
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4   # glibc's mallopt parameters
+GLIBC_TRIM_THRESHOLD, GLIBC_MMAP_MAX = 128 * 1024, 65536   # their defaults
+
+
+@cache
+def _glibc():
+    """The process's C library when it is glibc (whose ``mallopt`` tunes the allocator), else None."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+@contextmanager
+def kept_memory() -> Iterator[None]:
+    """Context: glibc's allocator keeps freed memory (no ``mmap`` for large blocks, no trimming), as a
+    serving process's allocator does (jemalloc, tcmalloc: PyTorch's CPU tuning guide), and on exit
+    returns it to the system with the defaults restored. With glibc's defaults PyTorch eager maps
+    every large activation afresh on each run and the kernel zeroes it page by page: ResNet-50 at
+    batch 16 took 330,000 page faults a run, a third of its CPU time, and its timings moved by
+    +-20 % from one round to the next. Elsewhere (no glibc): nothing. One lasting effect: glibc stops
+    adapting its mmap threshold once a parameter has been set."""
+    libc = _glibc()
+    if libc is None or _KEEPING[0]:   # not glibc, or already inside: the outermost context restores
+        yield
+        return
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+    _KEEPING[0] = True
+    try:
+        yield
+    finally:
+        _KEEPING[0] = False
+        libc.mallopt(M_MMAP_MAX, GLIBC_MMAP_MAX)
+        libc.mallopt(M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD)
+        libc.malloc_trim(0)
+
+
+_KEEPING = [False]   # inside kept_memory
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..forward import first_line, flat_tensors, num_threads
+from ..forward import first_line, flat_tensors, kept_memory, num_threads
 from ..layers import is_weighted
 from ._base import Backend, RuntimeMismatch, quiet, register
 from ._nodes import WEIGHTED_OPS, by_module, fused_owners, onnx_modules
@@ -287,9 +287,10 @@ class MNN(FromOnnx):
 def _node_medians(once, repeats: int) -> dict[str, float]:
     """Each node's median milliseconds over ``repeats`` profiled runs (``once()``: one run's
     milliseconds by node), after ``WARMUP`` untimed ones."""
-    for _ in range(WARMUP):
-        once()
-    return _medians([once() for _ in range(repeats)])
+    with kept_memory():   # as time_forward times a whole run
+        for _ in range(WARMUP):
+            once()
+        return _medians([once() for _ in range(repeats)])
 
 
 def _medians(runs: list[dict[str, float]]) -> dict[str, float]:

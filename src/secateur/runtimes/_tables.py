@@ -43,7 +43,7 @@ from ._base import Backend, alternating, backend, prepare, repeats_for
 from ._nodes import module_calls
 
 MIN_MS = 20.0     # each table point is timed for at least this many milliseconds of runs
-PROTOCOL = "min20ms"   # how points are timed: part of the cache key, so a change re-measures
+PROTOCOL = "min20ms-kept"   # how points are timed (forward.kept_memory): part of the cache key, so a change re-measures
 
 
 @dataclass
