@@ -203,8 +203,8 @@ def _timed_cut(model, graph: Graph, replan, first, aim: float, fold: bool, ratio
     # not narrower: with a 3 % band, where one cut's timings move by +-6 % (ResNet-50, PyTorch eager, batch
     # 16), the tries wandered (0.481, 0.531, 0.474, 0.456) and the cut accepted read 0.61 when timed again.
     # The 5 % band does not cure that model either: a cut accepted within it read 0.70 afterwards (its
-    # table predicted 0.751). Its timings are unbiased but as noisy as the band is wide, so of the tries
-    # the one accepted is one that landed in the band by chance (benchmarks/LATENCY.md, footnote 8)
+    # table predicted 0.751). Timed apart, that model's ratios were unbiased but about as noisy as the
+    # band is wide; how the cut was accepted is still open (benchmarks/LATENCY.md, footnote 8)
     small, got, met, stuck = _cut_until(model, graph, replan, aim, fold, ratio_of, band=(0.95, 1.05), timed=True,
                                         tries=8, tried=tried, first=first)
     if met:
