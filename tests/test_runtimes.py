@@ -160,6 +160,9 @@ def test_a_table_point_is_timed_without_the_layout_conversions_a_model_makes_onc
     kernels = rt.cache_file("converting", 1, tmp_path)
     monkeypatch.delattr(Converting, "kernels")   # timed another way: measured again, not read back
     assert rt.cache_file("converting", 1, tmp_path) != kernels
+    plain = rt.cache_file("staircase", 1, tmp_path)
+    monkeypatch.setattr(Staircase, "timing", "-kept-memory")   # its runs timed another way: the same
+    assert rt.cache_file("staircase", 1, tmp_path) != plain
 
 
 def test_each_curve_is_mapped_onto_its_layers_time_inside_the_model_where_profiled(monkeypatch, tmp_path) -> None:

@@ -25,6 +25,7 @@ WEIGHTED_KERNELS = WEIGHTED_OPS + ("FusedConv", "FusedGemm", "FusedMatMul")   # 
 
 class Torch(Backend):
     name, modules = "torch", ("torch",)
+    timing = "-kept-memory"   # timed in forward.kept_memory since 2026-12-02: glibc no longer maps activations afresh
 
     def __init__(self, channels_last: bool = False):
         self.channels_last = channels_last

@@ -43,12 +43,14 @@ class RuntimeMismatch(ValueError):
 
 class Backend:
     """One runtime. ``modules``: what must import; ``extra``: the pip extra that installs them;
-    ``exports``: it runs an exported file (a deployment runtime), not the module itself."""
+    ``exports``: it runs an exported file (a deployment runtime), not the module itself; ``timing``:
+    a change in how its runs are timed, part of its latency tables' cache key (so they re-measure)."""
 
     name: str = ""
     extra: str = "runtimes"
     exports: bool = False
     modules: tuple[str, ...] = ()
+    timing: str = ""
 
     def require(self) -> None:
         for module in self.modules:

@@ -43,7 +43,7 @@ from ._base import Backend, alternating, backend, prepare, repeats_for
 from ._nodes import module_calls
 
 MIN_MS = 20.0     # each table point is timed for at least this many milliseconds of runs
-PROTOCOL = "min20ms-kept"   # how points are timed (forward.kept_memory): part of the cache key, so a change re-measures
+PROTOCOL = "min20ms"   # how points are timed: part of the cache key, so a change re-measures
 
 
 @dataclass
@@ -156,7 +156,7 @@ def cache_file(runtime: str, threads: int, folder: str | os.PathLike | None = No
     """Where timings for ``runtime`` on this machine are cached."""
     root = Path(folder or os.environ.get("SECATEUR_CACHE") or
                 Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "secateur" / "latency")
-    how = f"{PROTOCOL}{_kernels(runtime)}"
+    how = f"{PROTOCOL}{backend(runtime).timing}{_kernels(runtime)}"
     key = hashlib.sha256(f"{cpu_name()} x{os.cpu_count()}|{runtime}|{_version(runtime)}|{threads}|{how}"
                          .encode()).hexdigest()[:16]
     return root / f"{runtime}-{key}.json"
