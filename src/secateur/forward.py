@@ -99,9 +99,9 @@ def kept_memory() -> Iterator[None]:
     serving process's allocator does (jemalloc, tcmalloc: PyTorch's CPU tuning guide), and on exit
     returns it to the system with the defaults restored. With glibc's defaults PyTorch eager maps
     every large activation afresh on each run and the kernel zeroes it page by page: ResNet-50 at
-    batch 16 took 330,000 page faults a run, a third of its CPU time, and its timings moved by
-    +-20 % from one round to the next. Elsewhere (no glibc): nothing. One lasting effect: glibc stops
-    adapting its mmap threshold once a parameter has been set."""
+    batch 16 took 330,000 page faults a run, a third of its CPU time (1.29 s a run, 0.64 s kept).
+    Elsewhere (no glibc): nothing. One lasting effect: glibc stops adapting its mmap threshold once a
+    parameter has been set."""
     libc = _glibc()
     if libc is None or _KEEPING[0]:   # not glibc, or already inside: the outermost context restores
         yield
