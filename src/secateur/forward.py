@@ -10,9 +10,9 @@ import ctypes
 import math
 import platform
 import time
-from functools import cache
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import cache
 from typing import Any
 
 import torch
@@ -79,6 +79,7 @@ def time_forward(model: nn.Module, inputs: Inputs, *, repeats: int, warmup: int)
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4   # glibc's mallopt parameters
 GLIBC_TRIM_THRESHOLD, GLIBC_MMAP_MAX = 128 * 1024, 65536   # their defaults
+_keeping = False   # inside kept_memory
 
 
 @cache
@@ -102,23 +103,21 @@ def kept_memory() -> Iterator[None]:
     batch 16 took 330,000 page faults a run, a third of its CPU time (1.29 s a run, 0.64 s kept).
     Elsewhere (no glibc): nothing. One lasting effect: glibc stops adapting its mmap threshold once a
     parameter has been set."""
+    global _keeping
     libc = _glibc()
-    if libc is None or _KEEPING[0]:   # not glibc, or already inside: the outermost context restores
+    if libc is None or _keeping:   # not glibc, or already inside: the outermost context restores
         yield
         return
     libc.mallopt(M_MMAP_MAX, 0)
     libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
-    _KEEPING[0] = True
+    _keeping = True
     try:
         yield
     finally:
-        _KEEPING[0] = False
+        _keeping = False
         libc.mallopt(M_MMAP_MAX, GLIBC_MMAP_MAX)
         libc.mallopt(M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD)
         libc.malloc_trim(0)
-
-
-_KEEPING = [False]   # inside kept_memory
 
 
 @contextmanager
