@@ -22,7 +22,8 @@ The three final models are then timed together in 3 independent sessions (fresh 
 6 rounds that take the original and the three in turn, ~0.25 s of runs per model per round; a session
 in which the original runs 15 % slower than its fastest, a busy host, is timed again): the
 row holds the median ratio to the original and the spread (max - min). MACs
-and params are ratios to the original. Results: ``benchmarks/results/latency.json``.
+and params are ratios to the original. Results: ``benchmarks/results/latency.json``, written after
+each model, runtime and batch (a run stopped part-way keeps the rows it finished).
 """
 from __future__ import annotations
 
@@ -185,11 +186,14 @@ def main(argv: list[str]) -> None:
     setup(THREADS)
     models = [("resnet18", 112)] if args.quick else [(m, 224) for m in args.models.split(",")]
     limits = tuple(float(v) for v in args.limits.split(",") if v)
-    rows = [r for name, size in models for runtime in args.runtimes.split(",")
-            for batch in map(int, args.batches.split(","))
-            for r in run_one(name, size, runtime, batch, args.keep, limits)]
-    write_results("latency_quick" if args.quick else "latency", rows, ["benchmarks/latency.py", *argv],
-                  keep_others=True)
+    rows = []
+    for name, size in models:
+        for runtime in args.runtimes.split(","):
+            for batch in map(int, args.batches.split(",")):
+                rows += run_one(name, size, runtime, batch, args.keep, limits)
+                # after each model, runtime and batch: a run stopped part-way keeps what it finished
+                write_results("latency_quick" if args.quick else "latency", rows, ["benchmarks/latency.py", *argv],
+                              keep_others=True)
     print_table(rows, [("model", "model"), ("runtime", "runtime"), ("tool", "tool"),
                        ("latency", lambda r: fmt(r.get("latency_ratio"))),
                        ("spread", lambda r: fmt(r.get("latency_spread"))),
