@@ -29,6 +29,8 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
+from secateur.forward import kept_memory  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 THREADS = 2
 
@@ -206,17 +208,20 @@ def interleaved_latency(models: Mapping[str, torch.nn.Module], x: torch.Tensor, 
     """Forward time in ms (median, IQR) of each model on ``x``, eval mode, no_grad.
 
     Every model gets ``warmup`` untimed runs, then ``repeats`` rounds time each model once, in an
-    order rotated each round, so a change in machine load hits all models alike.
+    order rotated each round, so a change in machine load hits all models alike. Timed in
+    ``secateur.forward.kept_memory``, as secateur's own timings are (glibc would map every large
+    activation afresh each run: ResNet-50 at batch 16 spent half its time in page faults).
     """
     names = list(models)
-    for name in names:
-        models[name].eval()
-        for _ in range(warmup):
-            models[name](x)
     times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            start = time.perf_counter()
-            models[name](x)
-            times[name].append(1e3 * (time.perf_counter() - start))
+    with kept_memory():
+        for name in names:
+            models[name].eval()
+            for _ in range(warmup):
+                models[name](x)
+        for r in range(repeats):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                start = time.perf_counter()
+                models[name](x)
+                times[name].append(1e3 * (time.perf_counter() - start))
     return {n: median_spread(t) for n, t in times.items()}
