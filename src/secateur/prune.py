@@ -202,9 +202,8 @@ def _timed_cut(model, graph: Graph, replan, first, aim: float, fold: bool, ratio
     tried: list[tuple[float, float]] = []
     # not narrower: with a 3 % band, where one cut's timings move by +-6 % (ResNet-50, PyTorch eager, batch
     # 16), the tries wandered (0.481, 0.531, 0.474, 0.456) and the cut accepted read 0.61 when timed again.
-    # The 5 % band does not cure that model either: a cut accepted within it read 0.70 afterwards (its
-    # table predicted 0.751). Timed apart, that model's ratios were unbiased but about as noisy as the
-    # band is wide; how the cut was accepted is still open (benchmarks/LATENCY.md, footnote 8)
+    # Those runs were half page faults; timed in forward.kept_memory, the same model lands 0.491 within
+    # the 5 % band (benchmarks/LATENCY.md, footnotes 8 and 9)
     small, got, met, stuck = _cut_until(model, graph, replan, aim, fold, ratio_of, band=(0.95, 1.05), timed=True,
                                         tries=8, tried=tried, first=first)
     if met:
