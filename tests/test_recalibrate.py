@@ -61,6 +61,12 @@ def test_bad_input_is_one_line(batches, loader, match):
         secateur.recalibrate_bn(_conv_bn(), loader, batches=batches)
 
 
+def test_a_model_that_is_not_a_module_is_named():
+    # e.g. an Allocation from secateur.methods.allocate, which holds per-layer amounts, not a model
+    with pytest.raises(TypeError, match="recalibrate_bn: model must be a torch.nn.Module, got dict"):
+        secateur.recalibrate_bn({"conv": 0.5}, [torch.zeros(1, 1, 6, 6)])
+
+
 @pytest.mark.skipif(not (DEFAULT_ROOT / "train-images-idx3-ubyte.gz").exists() or not BASELINE.exists(),
                     reason="needs Fashion-MNIST (make setup) and the committed VGG-8 baseline")
 def test_recalibration_restores_most_of_a_pruned_vgg8():

@@ -28,6 +28,8 @@ def recalibrate_bn(model: nn.Module, loader, *, batches: int = 20, copy: bool = 
     as they were. A batch is ``(images, labels)`` or images alone. Under ``torchrun`` each process
     runs every world-th of those batches and the statistics are combined: the same as one process.
     A model without BatchNorm comes back unchanged."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"recalibrate_bn: model must be a torch.nn.Module, got {type(model).__name__}")
     if not (isinstance(batches, int) and not isinstance(batches, bool) and batches > 0):
         raise ValueError(f"recalibrate_bn: batches={batches!r} must be an integer > 0")
     net = _copy.deepcopy(model) if copy else model
