@@ -330,6 +330,32 @@ def test_a_session_on_a_busy_machine_is_measured_again_and_else_warned_about(mon
     assert got == [pytest.approx((cost[1] + busy) / (cost[0] + busy))]   # the least busy, said to be off
 
 
+class Cliff(Staircase):
+    """The staircase, but a model costing less than ``below`` runs twice as fast (a runtime switching
+    kernels): no cut lands within 5 % of a target just under the cliff."""
+
+    name, below = "cliff", 0.0
+
+    def latency(self, prepared, repeats, warmup):
+        cost = super().latency(prepared, repeats, warmup)
+        return cost / 2 if cost < self.below else cost
+
+
+def test_a_latency_target_no_cut_meets_returns_the_closest_under_it_and_names_every_try(monkeypatch) -> None:
+    model, x = _vgg(), torch.randn(1, 3, 16, 16)
+    monkeypatch.setitem(rt._base._BACKENDS, "cliff", Cliff())
+    Cliff.below = 0.55 * rt.prepare(model, x, "cliff").latency()
+    with pytest.warns(RuntimeWarning, match=r"not within 5 % of target_latency=0.5; returning the closest cut "
+                                            r"\(tries: 0\.\d+ \(planned for 0\.\d+\)") as said:
+        small = secateur.prune(model, x, L1(), target_latency=0.5, runtime="cliff")
+    message = str(said[0].message)
+    got = float(re.search(r"measured (0\.\d+)", message).group(1))
+    tries = [float(v) for v in re.findall(r"(0\.\d+) \(planned", message)]
+    cost = [rt.prepare(m, x, "cliff").latency() for m in (model, small)]
+    assert cost[1] / cost[0] == pytest.approx(got, abs=1e-3) and got < 0.5 and len(tries) >= 2
+    assert got in tries and not any(0.475 <= r <= 0.525 for r in tries)
+
+
 class Overhead(Staircase):
     """The staircase plus a fixed cost a run (a runtime's per-run overhead): a floor no cut goes under."""
 

@@ -223,8 +223,10 @@ def _timed_cut(model, graph: Graph, replan, first, aim: float, fold: bool, ratio
                       f"measured {floor:.3f} of the baseline's latency); returning the cut that keeps the most "
                       f"within {KNEE - 1:.0%} of that, measured {got:.3f}", RuntimeWarning, stacklevel=3)
         return small
+    tries = ", ".join(f"{r:.3f} (planned for {g:.3f})" for g, r in tried)
     warnings.warn(f"secateur.prune: measured {got:.3f} of the baseline's latency, not within 5 % "
-                  f"of target_latency={aim}; returning the closest cut", RuntimeWarning, stacklevel=3)
+                  f"of target_latency={aim}; returning the closest cut (tries: {tries})", RuntimeWarning,
+                  stacklevel=3)
     return small
 
 
