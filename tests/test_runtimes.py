@@ -274,6 +274,9 @@ def test_the_next_goal_follows_the_line_through_the_tries_nearest_the_aim() -> N
     assert math.isclose(measured(second), 0.5)   # two: on the line, exactly
     assert next_goal([(0.4, 0.41), (0.5, 0.40)], 0.5) == 0.5 * 0.5 / 0.40   # a falling line: scaled instead
     assert next_goal([(0.5, 5.0)], 0.5) == 0.25 and next_goal([(0.8, 0.2)], 0.5) == 1.0   # at most halved or doubled
+    cliff = [(0.5, 0.755), (0.331, 0.623), (0.173, 0.170)]   # bracketed: inside it, on the line through its ends
+    assert math.isclose(next_goal(cliff, 0.5), 0.173 + (0.5 - 0.170) / (0.623 - 0.170) * (0.331 - 0.173))
+    assert next_goal([(0.3, 0.499), (0.31, 0.99)], 0.5) == pytest.approx(0.3 + 0.1 * 0.01)   # never (almost) an end again
 
 
 def test_each_ratio_loads_every_model_afresh_and_takes_the_median_over_sessions(monkeypatch, tmp_path) -> None:
@@ -354,6 +357,7 @@ def test_a_latency_target_no_cut_meets_returns_the_closest_under_it_and_names_ev
     cost = [rt.prepare(m, x, "cliff").latency() for m in (model, small)]
     assert cost[1] / cost[0] == pytest.approx(got, abs=1e-3) and got < 0.5 and len(tries) >= 2
     assert got in tries and not any(0.475 <= r <= 0.525 for r in tries)
+    assert got > 0.2   # the tries close in on the cliff from both sides (a line through the nearest two stopped at 0.170)
 
 
 class Overhead(Staircase):
