@@ -346,8 +346,9 @@ class Cliff(Staircase):
 
 def test_a_latency_target_no_cut_meets_returns_the_closest_under_it_and_names_every_try(monkeypatch) -> None:
     model, x = _vgg(), torch.randn(1, 3, 16, 16)
-    monkeypatch.setitem(rt._base._BACKENDS, "cliff", Cliff())
-    Cliff.below = 0.55 * rt.prepare(model, x, "cliff").latency()
+    cliff = Cliff()
+    monkeypatch.setitem(rt._base._BACKENDS, "cliff", cliff)
+    cliff.below = 0.55 * rt.prepare(model, x, "cliff").latency()   # this instance's, not the class's
     with pytest.warns(RuntimeWarning, match=r"not within 5 % of target_latency=0.5; returning the closest cut "
                                             r"\(tries: 0\.\d+ \(planned for 0\.\d+\)") as said:
         small = secateur.prune(model, x, L1(), target_latency=0.5, runtime="cliff")

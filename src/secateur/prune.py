@@ -234,8 +234,8 @@ def next_goal(tried: list[tuple[float, float]], aim: float) -> float:
     """The planner's next goal, from the (goal, measured ratio) pairs tried so far: inside the bracket
     when one goal measured under the aim and a larger one over it; else on the line through
     the two nearest the aim when it rises with the goal (a runtime's fixed cost makes the measured ratio
-    an affine, not a proportional, function of the goal), else the last goal scaled by aim / measured;
-    never more than twice or less than half the last goal, and in [1e-3, 1]."""
+    an affine, not a proportional, function of the goal), else the last goal scaled by aim / measured,
+    then never more than twice or less than half the last goal, and in [1e-3, 1]."""
     under = [p for p in tried if p[1] < aim]
     over = [p for p in tried if p[1] > aim]
     if under and over and max(under)[0] < min(over)[0]:
