@@ -8,7 +8,8 @@ For each model (torchvision, random weights, 1000 classes, batch 1, 224 px; ``--
 112 px) and runtime, at ``target_latency = 0.5``, on 2 threads:
 
 * ``secateur-latency``: ``secateur.prune(..., target_latency=0.5, runtime=)``: per-layer latency
-  tables (cached; cost and cache hits recorded), the greedy planner on them (its default limit: at
+  tables (built first, cached, then read back by ``prune``; cost, cache hits and whether the model's
+  fit was measured or read back recorded), the greedy planner on them (its default limit: at
   most half of any group while that meets the goal), then measured and re-planned until within 5 %
   (past what the runtime reaches: the cut keeping the most within 5 % of the fastest measured); the
   table's prediction for the final model is recorded too;
@@ -100,6 +101,8 @@ def run_one(name: str, size: int, runtime: str, batch: int = 1, keep: Path | Non
     macs0 = secateur.measure(model, x, latency=False).macs
     params0 = sum(p.numel() for p in model.parameters())
     graph = secateur.trace(model, x)
+    # timed (or read from the cache) before prune, which then reads it back: the row records its cost
+    table = rt.latency_table(model, graph, runtime, threads=THREADS)
     ratio_of = rt.ratio_to(model, x, runtime, threads=THREADS)   # each call loads both models afresh
     aim = TARGET
 
@@ -131,10 +134,9 @@ def run_one(name: str, size: int, runtime: str, batch: int = 1, keep: Path | Non
             rows.append(row(**fields, ok=False, error=error_line(e), tool_seconds=time.perf_counter() - start))
             print(f"{name} {runtime} {tool}: fails: {error_line(e)}", flush=True)
             continue
-        if tool == "secateur-latency":   # the table is cached by now: this reads it (and refits)
-            table = rt.latency_table(model, graph, runtime, threads=THREADS, progress=False)
+        if tool == "secateur-latency":
             extra = dict(predicted_ratio=table.predict(small) / table.total(), table_seconds=table.seconds,
-                         table_measured=table.measured, table_hits=table.hits)
+                         table_measured=table.measured, table_hits=table.hits, table_fitted=table.fitted)
         widths = [m.out_channels for m in small.modules() if isinstance(m, torch.nn.Conv2d)]
         made[tool] = small
         rows.append(row(**fields, matched_to=None if tool.startswith("secateur-latency") else aim,

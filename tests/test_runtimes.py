@@ -109,8 +109,16 @@ def test_a_latency_table_predicts_the_staircase_and_is_read_from_its_cache(monke
     assert table.curves["3"].out_widths == [8, 16, 24, 32, 40] and table.curves["3"].in_widths == [8, 16, 24]
     assert math.isclose(table.total(), rt.prepare(model, x, "staircase").latency())
     assert table.layer("3", 24, 33) == table.layer("3", 24, 40) > table.layer("3", 24, 32)   # one stair
+    assert table.fitted
+    calls = []   # the fit read back too: no model timed, the same table
+    monkeypatch.setattr(rt._tables, "alternating", lambda *a, **k: calls.append(a) or [1.0, 1.0])
     again = rt.latency_table(model, graph, "staircase", cache=tmp_path, progress=False)
     assert again.measured == 0 and again.hits == table.measured and again.curves == table.curves
+    assert not again.fitted and not calls and (again.scale, again.fixed) == (table.scale, table.fixed)
+    other = copy.deepcopy(model)   # the same layers with another activation: no point to time, but fitted anew
+    other[2] = nn.ReLU6()
+    fresh = rt.latency_table(other, secateur.trace(other, x), "staircase", cache=tmp_path, progress=False)
+    assert fresh.measured == 0 and fresh.fitted and len(calls) == 1
 
 
 def test_a_noisy_curve_is_read_non_decreasing_from_below_so_a_slowed_point_is_dropped(monkeypatch, tmp_path) -> None:
@@ -185,7 +193,7 @@ def test_each_curve_is_mapped_onto_its_layers_time_inside_the_model_where_profil
     assert table.inside == 4 and math.isclose(table.predict(small), measured) and abs(table.fixed) < 1e-9
     assert math.isclose(table.layer("6", 40, 56), 0.25 * _stair(model[6]))
     monkeypatch.setattr(Fusing, "layer_times", rt.Backend.layer_times)   # no profile: one scale for all
-    blind = rt.latency_table(model, graph, "fusing", cache=tmp_path, progress=False)
+    blind = rt.latency_table(model, graph, "fusing", cache=tmp_path / "blind", progress=False)
     assert blind.inside == 0 and abs(blind.predict(small) / measured - 1) > 0.03
 
 

@@ -31,6 +31,7 @@ from ..forward import as_inputs, checked_forward, flat_tensors, inference, scale
 Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
 DISTURBED, RETRIES, PAUSE = 1.15, 3, 1.0   # ratios_to: a session this much slower than the fastest is
                                             # measured again, at most RETRIES times, PAUSE seconds apart
+ROUND_MS = 5000.0   # ratios_to: a long model's round asks fewer than 10 runs (3 at least) past this many ms
 
 
 class RuntimeMissing(ValueError):
@@ -204,7 +205,8 @@ def ratio_to(model: nn.Module, example_inputs, runtime: str = "torch", *, thread
              seconds: float = 0.25, sessions: int = 1):
     """A function giving a model's latency relative to ``model``'s on ``runtime``: both timed in
     ``rounds`` alternating rounds, the medians compared, so that a machine's drift cancels. A round
-    times each model for about ``seconds`` (at least 10 runs), so that milliseconds-long models are
+    times each model for about ``seconds`` (at least 10 runs; 3 or more where 10 take over
+    ``ROUND_MS``), so that milliseconds-long models are
     timed as steadily as long ones; ``sessions``: see :func:`ratios_to`."""
     many = ratios_to(model, example_inputs, runtime, threads=threads, rounds=rounds, seconds=seconds,
                      sessions=sessions)
@@ -231,7 +233,7 @@ def ratios_to(model: nn.Module, example_inputs, runtime: str = "torch", *, threa
     home = Path(tempfile.mkdtemp(prefix=f"secateur-{runtime}-"))   # the exports, one folder a model
     try:
         base = prepare(model, example_inputs, runtime, threads=threads, folder=home / "base")
-        repeats = repeats_for(base, seconds * 1e3, least=10, most=500, probe=5)
+        repeats = repeats_for(base, seconds * 1e3, least=10, most=500, probe=5, least_ms=ROUND_MS)
         fastest = base.latency(repeats=repeats, warmup=0)   # the whole model's fastest median so far
         del base
     except BaseException:
@@ -273,11 +275,17 @@ def median_ms(run: Callable[[], object], repeats: int, warmup: int) -> float:
     return 1e3 * statistics.median(time_forward(lambda *_: run(), (), repeats=repeats, warmup=warmup))
 
 
-def repeats_for(prepared: Prepared, ms: float, *, least: int, most: int, probe: int) -> int:
+def repeats_for(prepared: Prepared, ms: float, *, least: int, most: int, probe: int,
+                least_ms: float | None = None) -> int:
     """How many runs of ``prepared`` fill about ``ms`` milliseconds, from a ``probe``-run timing (after
-    2 warm-up runs), kept in [least, most]: a milliseconds-long model is timed as steadily as a long one."""
-    first = prepared.latency(repeats=probe, warmup=2)
-    return max(least, min(most, math.ceil(ms / max(first, 1e-3))))
+    2 warm-up runs), kept in [least, most]: a milliseconds-long model is timed as steadily as a long one.
+    ``least_ms``: ``least`` is lowered (never below 3) where that many runs would take longer than this,
+    since a run of seconds varies by a few percent at most (VGG-16-BN at batch 16 on 2 threads takes
+    1.2-1.8 s: 10 runs a round made one timing call 2 minutes long, and a latency-targeted prune hours)."""
+    first = max(prepared.latency(repeats=probe, warmup=2), 1e-3)
+    if least_ms is not None:
+        least = min(least, max(3, math.ceil(least_ms / first)))
+    return max(least, min(most, math.ceil(ms / first)))
 
 
 def alternating(prepared: list, repeats: int, rounds: int) -> list[float]:
