@@ -86,9 +86,8 @@ class LatencyTable:
     that the fit corrects what is common to all layers and the profile what differs between them.
     ``seconds``: the time spent building the table; ``measured`` / ``hits``: timings made / read from
     the cache; ``fitted``: whether the fit (the profile's maps, ``scale`` and ``fixed``) was measured
-    now, else it was read from the cache, where each model's fit is kept beside its points: timed
-    afresh each call, it moved the first plan of MobileNet-V2 at batch 16 in PyTorch from 0.32 to
-    0.37 of the MACs from call to call.
+    now, else read from the cache, where each model's fit is kept beside its points (timed afresh
+    each call, it moved the first plan from call to call).
     """
 
     runtime: str
@@ -304,7 +303,7 @@ def latency_table(model: nn.Module, graph, runtime: str = "torch", *, threads: i
 
 def _fit_key(model: nn.Module, graph, runtime: str, points: int) -> str:
     """The cache key of ``model``'s fit: what it computes (its modules, their classes' code, the calls
-    and input shapes the trace saw), how it is fitted (this module's fitting code, the backend's
+    and input shapes the trace saw, its dtypes), how it is fitted (this module's fitting code, the backend's
     profiling code) and the grid; a change in any of them fits again."""
     def code(obj) -> str:
         try:
@@ -312,7 +311,8 @@ def _fit_key(model: nn.Module, graph, runtime: str, points: int) -> str:
         except (OSError, TypeError):   # a class without a source file
             return getattr(obj, "__qualname__", repr(obj))
     classes = sorted({type(m) for m in model.modules()} | {type(backend(runtime))}, key=lambda c: c.__qualname__)
-    parts = [repr(model), repr(graph.calls), repr(graph.input_shapes), str(points),
+    dtypes = sorted({str(t.dtype) for t in (*model.parameters(), *model.buffers())})
+    parts = [repr(model), repr(graph.calls), repr(graph.input_shapes), str(dtypes), str(points),
              *(code(c) for c in classes), *(code(f) for f in (_half, _halved, _weigh, _map, _fit))]
     return "fit|" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
