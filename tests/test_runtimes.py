@@ -287,6 +287,15 @@ def test_the_next_goal_follows_the_line_through_the_tries_nearest_the_aim() -> N
     assert next_goal([(0.3, 0.499), (0.31, 0.99)], 0.5) == pytest.approx(0.3 + 0.1 * 0.01)   # never (almost) an end again
 
 
+@pytest.mark.parametrize("ms, runs", [(2.0, 125), (100.0, 10), (500.0, 10), (1150.0, 5), (3000.0, 3)])
+def test_a_long_models_timing_round_asks_fewer_runs_but_never_under_3(ms, runs) -> None:
+    class Fixed:   # a model that runs in ``ms`` milliseconds
+        def latency(self, repeats, warmup):
+            return ms
+    assert rt._base.repeats_for(Fixed(), 250.0, least=10, most=500, probe=5, least_ms=rt._base.ROUND_MS) == runs
+    assert rt._base.repeats_for(Fixed(), 250.0, least=10, most=500, probe=5) == max(10, runs)
+
+
 def test_each_ratio_loads_every_model_afresh_and_takes_the_median_over_sessions(monkeypatch, tmp_path) -> None:
     monkeypatch.setitem(rt._base._BACKENDS, "staircase", Staircase())
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
