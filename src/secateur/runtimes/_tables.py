@@ -171,10 +171,16 @@ def _kernels(runtime: str) -> str:
     kind = type(backend(runtime))
     if kind.kernels is Backend.kernels:
         return ""
+    source = _source(kind)
+    return "-kernels" if source is None else "-kernels-" + hashlib.sha256(source.encode()).hexdigest()[:8]
+
+
+def _source(obj) -> str | None:
+    """The source code of a class or function, for a cache key; None for one without a source file."""
     try:
-        return "-kernels-" + hashlib.sha256(inspect.getsource(kind).encode()).hexdigest()[:8]
-    except (OSError, TypeError):   # a class without a source file
-        return "-kernels"
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return None
 
 
 def _variant(layer: nn.Module, c_in: int, c_out: int) -> nn.Module:
@@ -305,15 +311,10 @@ def _fit_key(model: nn.Module, graph, runtime: str, points: int) -> str:
     """The cache key of ``model``'s fit: what it computes (its modules, their classes' code, the calls
     and input shapes the trace saw, its dtypes), how it is fitted (this module's fitting code, the backend's
     profiling code) and the grid; a change in any of them fits again."""
-    def code(obj) -> str:
-        try:
-            return inspect.getsource(obj)
-        except (OSError, TypeError):   # a class without a source file
-            return getattr(obj, "__qualname__", repr(obj))
     classes = sorted({type(m) for m in model.modules()} | {type(backend(runtime))}, key=lambda c: c.__qualname__)
     dtypes = sorted({str(t.dtype) for t in (*model.parameters(), *model.buffers())})
     parts = [repr(model), repr(graph.calls), repr(graph.input_shapes), str(dtypes), str(points),
-             *(code(c) for c in classes), *(code(f) for f in (_half, _halved, _weigh, _map, _fit))]
+             *(_source(f) or f.__qualname__ for f in (*classes, _half, _halved, _weigh, _map, _fit))]
     return "fit|" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
