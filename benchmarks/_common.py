@@ -6,30 +6,22 @@ Results follow /work/shared/BENCHMARKS.md: one ``benchmarks/results/NAME.json`` 
 """
 from __future__ import annotations
 
+import datetime
+import importlib.metadata
+import json
+import math
 import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
-# OpenMP threads that spin while they wait are what make 2-thread timings fast on an idle machine,
-# but with other processes on the cores a spinning thread steals the time slice its partner needs:
-# a resnet18 forward at 64 px took 0.8 s instead of 0.03 s here. Passive waiting keeps timings
-# sane on a shared machine. It only takes effect if this module is imported before torch; an
-# OMP_WAIT_POLICY already set in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
 
-import datetime  # noqa: E402
-import importlib.metadata  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Mapping, Sequence  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
-
-from secateur.forward import kept_memory  # noqa: E402
+from secateur.forward import kept_memory
 
 RESULTS = Path(__file__).resolve().parent / "results"
 THREADS = 2

@@ -13,7 +13,8 @@ benchmarks/.cache/<mode>/ so a rerun resumes. Intra-op threads: $OMP_NUM_THREADS
 """
 from __future__ import annotations
 
-import _common  # noqa: F401  (sets OMP_WAIT_POLICY before torch is imported)
+import _passive  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch starts OpenMP)
+import _common  # noqa: E402
 
 import argparse
 import copy

@@ -29,7 +29,7 @@ Writes benchmarks/results/engine.json (engine_quick.json with --quick).
 """
 from __future__ import annotations
 
-import _common  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch starts OpenMP)
+import _passive  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch starts OpenMP)
 
 import argparse
 import copy

@@ -32,7 +32,8 @@ cache. Intra-op threads: $OMP_NUM_THREADS if set, else 2.
 """
 from __future__ import annotations
 
-import _common  # noqa: F401  (sets OMP_WAIT_POLICY before torch is imported)
+import _passive  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch starts OpenMP)
+import _common  # noqa: E402
 
 import argparse
 import sys

@@ -173,6 +173,15 @@ def test_a_table_point_is_timed_without_the_layout_conversions_a_model_makes_onc
     assert rt.cache_file("staircase", 1, tmp_path) != plain
 
 
+def test_pytorch_tables_are_kept_apart_by_the_openmp_wait_policy(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")   # threads sleep between ops: another speed at batch 1
+    passive = rt.cache_file("torch", 2, tmp_path)
+    assert rt.backend("torch").timing == "-kept-memory-omp-passive"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert rt.backend("torch").timing == "-kept-memory-omp-default"
+    assert rt.cache_file("torch", 2, tmp_path) != passive
+
+
 def test_each_curve_is_mapped_onto_its_layers_time_inside_the_model_where_profiled(monkeypatch, tmp_path) -> None:
     class Fusing(Staircase):   # inside the model conv "6" runs at a quarter of its time alone (another algorithm)
         def times(self, model):

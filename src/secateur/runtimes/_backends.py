@@ -25,7 +25,14 @@ WEIGHTED_KERNELS = WEIGHTED_OPS + ("FusedConv", "FusedGemm", "FusedMatMul")   # 
 
 class Torch(Backend):
     name, modules = "torch", ("torch",)
-    timing = "-kept-memory"   # timed in forward.kept_memory since 2026-12-02: glibc no longer maps activations afresh
+
+    @property
+    def timing(self) -> str:
+        """Timed in ``forward.kept_memory`` (since 2026-12-02: glibc no longer maps activations afresh),
+        under the OpenMP wait policy torch loaded with: PASSIVE threads sleep between operations and
+        wake for each, which a small model at batch 1 pays on every one (ResNet-56 on Fashion-MNIST,
+        2 threads: 19.7 ms a run, 4.3 ms with the default policy), so its tables are kept apart."""
+        return f"-kept-memory-omp-{os.environ.get('OMP_WAIT_POLICY', '').strip().lower() or 'default'}"
 
     def __init__(self, channels_last: bool = False):
         self.channels_last = channels_last

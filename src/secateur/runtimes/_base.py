@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import itertools
+import logging
 import math
 import os
 import shutil
@@ -32,6 +33,9 @@ Runner = Callable[[list[np.ndarray]], list[np.ndarray]]
 DISTURBED, RETRIES, PAUSE = 1.15, 3, 1.0   # ratios_to: a session this much slower than the fastest is
                                             # measured again, at most RETRIES times, PAUSE seconds apart
 ROUND_MS = 5000.0   # ratios_to: a long model's round asks fewer than 10 runs (3 at least) past this many ms
+
+
+log = logging.getLogger(__name__)   # ratios_to: one line a session (INFO), to see retries and session spread
 
 
 class RuntimeMissing(ValueError):
@@ -255,6 +259,8 @@ def ratios_to(model: nn.Module, example_inputs, runtime: str = "torch", *, threa
                 del loaded
                 fastest = min(fastest, whole)
                 timed.append((whole, [c / whole for c in cut]))
+                log.info("%s: session %d: the original %.1f ms (%.3fx its fastest), ratios %s", runtime, attempt,
+                         whole, whole / fastest, " ".join(f"{r:.3f}" for r in timed[-1][1]))
                 if len(timed) >= sessions and sum(w <= DISTURBED * fastest for w, _ in timed) >= sessions:
                     break
             kept = sorted(timed, key=lambda t: t[0])[:sessions]
