@@ -14,7 +14,7 @@ benchmarks/.cache/<mode>/ so a rerun resumes. Intra-op threads: $OMP_NUM_THREADS
 from __future__ import annotations
 
 import _passive  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch starts OpenMP)
-import _common  # noqa: E402
+import _common
 
 import argparse
 import copy

@@ -22,12 +22,12 @@ For each model (torchvision, random weights, 1000 classes, batch 1, 224 px; ``--
 The three final models are then timed together in 3 independent sessions (fresh runtime sessions,
 6 rounds that take the original and the three in turn, ~0.25 s of runs per model per round; a session
 in which the original runs 15 % slower than its fastest, a busy host, is timed again; each session is
-logged on stderr): the
-row holds the median ratio to the original and the spread (max - min). MACs
+logged on stderr): the row holds the median ratio to the original and the spread (max - min). MACs
 and params are ratios to the original. PyTorch runs under OpenMP's default wait policy, as a deployed
 process does (since 2026-12-02 15:10; before, ``_common`` set PASSIVE here too, and a passive thread
-wakes for every operation: ResNet-56 on Fashion-MNIST at batch 1 ran 19.7 ms, not 4.3). Results: ``benchmarks/results/latency.json``, written after
-each model, runtime and batch (a run stopped part-way keeps the rows it finished).
+wakes for every operation: ResNet-56 on Fashion-MNIST at batch 1 ran 19.7 ms, not 4.3). Results:
+``benchmarks/results/latency.json``, written after each model, runtime and batch (a run stopped
+part-way keeps the rows it finished).
 """
 from __future__ import annotations
 

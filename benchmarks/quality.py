@@ -33,7 +33,7 @@ cache. Intra-op threads: $OMP_NUM_THREADS if set, else 2.
 from __future__ import annotations
 
 import _passive  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch starts OpenMP)
-import _common  # noqa: E402
+import _common
 
 import argparse
 import sys

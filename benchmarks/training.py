@@ -13,7 +13,7 @@ the full 10,000-image test split. Stage checkpoints go to benchmarks/.cache/ so 
 from __future__ import annotations
 
 import _passive  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch starts OpenMP)
-import _common  # noqa: E402
+import _common
 
 import argparse
 import copy

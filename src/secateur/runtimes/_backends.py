@@ -19,6 +19,9 @@ from ..layers import is_weighted
 from ._base import Backend, RuntimeMismatch, quiet, register
 from ._nodes import WEIGHTED_OPS, by_module, fused_owners, onnx_modules
 
+# the OpenMP wait policy torch's threads run under, as its OpenMP read it when torch loaded (just before
+# this module): a benchmark that sets the variable later changes nothing, so the key must not change either
+OMP_POLICY = os.environ.get("OMP_WAIT_POLICY", "").strip().lower() or "default"
 WARMUP = 5   # untimed runs before a runtime's own profile is read: a fresh session's first runs are slow
 WEIGHTED_KERNELS = WEIGHTED_OPS + ("FusedConv", "FusedGemm", "FusedMatMul")   # ONNX Runtime's fused kernels
 
@@ -32,7 +35,7 @@ class Torch(Backend):
         under the OpenMP wait policy torch loaded with: PASSIVE threads sleep between operations and
         wake for each, which a small model at batch 1 pays on every one (ResNet-56 on Fashion-MNIST,
         2 threads: 19.7 ms a run, 4.3 ms with the default policy), so its tables are kept apart."""
-        return f"-kept-memory-omp-{os.environ.get('OMP_WAIT_POLICY', '').strip().lower() or 'default'}"
+        return f"-kept-memory-omp-{OMP_POLICY}"
 
     def __init__(self, channels_last: bool = False):
         self.channels_last = channels_last
