@@ -17,7 +17,8 @@ from . import _backends  # noqa: F401  (registers the runtimes)
 from ._base import (Backend, Prepared, RuntimeMismatch, RuntimeMissing, agree, backend, backends, installed,
                     measured_ratio, prepare, ratio_to, ratios_to, register)
 from ._profile import LayerProfile, format_profile, plot_profile, profile
-from ._tables import Curve, LatencyTable, cache_file, cpu_name, grid, latency_table, monotone
+from ._cache import cache_file, cpu_name
+from ._tables import Curve, LatencyTable, grid, latency_table, monotone
 
 __all__ = ["Backend", "Curve", "LatencyTable", "LayerProfile", "Prepared", "RuntimeMismatch", "RuntimeMissing", "agree",
            "backend", "backends", "cache_file", "cpu_name", "format_profile", "grid", "installed", "latency_table", "measured_ratio", "monotone",

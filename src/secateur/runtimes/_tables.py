@@ -22,12 +22,8 @@ layers look 2-3x dearer than they are inside the model, and the planner thinned 
 from __future__ import annotations
 
 import hashlib
-import importlib
-import inspect
-import json
 import math
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -39,11 +35,11 @@ import torch
 from torch import nn
 
 from ..layers import handler_for, is_weighted
-from ._base import Backend, alternating, backend, prepare, repeats_for
+from ._base import alternating, backend, prepare, repeats_for
+from ._cache import cache_file, read, source, store
 from ._nodes import module_calls
 
 MIN_MS = 20.0     # each table point is timed for at least this many milliseconds of runs
-PROTOCOL = "min20ms"   # how points are timed: part of the cache key, so a change re-measures
 
 
 @dataclass
@@ -136,53 +132,6 @@ def grid(size: int, unit: int = 8, points: int = 16) -> list[int]:
     return sorted({w for w in range(step, size, step)} | {size})
 
 
-def _version(runtime: str) -> str:
-    parts = []
-    for name in backend(runtime).modules:
-        module = importlib.import_module(name)
-        parts.append(f"{name}-{getattr(module, '__version__', '?')}")
-    return "_".join(parts)
-
-
-def cpu_name() -> str:
-    """This machine's CPU model (Linux: /proc/cpuinfo), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cache_file(runtime: str, threads: int, folder: str | os.PathLike | None = None) -> Path:
-    """Where timings for ``runtime`` on this machine are cached."""
-    root = Path(folder or os.environ.get("SECATEUR_CACHE") or
-                Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "secateur" / "latency")
-    how = f"{PROTOCOL}{backend(runtime).timing}{_kernels(runtime)}"
-    key = hashlib.sha256(f"{cpu_name()} x{os.cpu_count()}|{runtime}|{_version(runtime)}|{threads}|{how}"
-                         .encode()).hexdigest()[:16]
-    return root / f"{runtime}-{key}.json"
-
-
-def _kernels(runtime: str) -> str:
-    """How a point is timed, for the cache key: the whole run, or the backend's own ``kernels`` (then
-    keyed by its class's source, so that a change in how a runtime times its operations re-measures)."""
-    kind = type(backend(runtime))
-    if kind.kernels is Backend.kernels:
-        return ""
-    source = _source(kind)
-    return "-kernels" if source is None else "-kernels-" + hashlib.sha256(source.encode()).hexdigest()[:8]
-
-
-def _source(obj) -> str | None:
-    """The source code of a class or function, for a cache key; None for one without a source file."""
-    try:
-        return inspect.getsource(obj)
-    except (OSError, TypeError):
-        return None
-
-
 def _variant(layer: nn.Module, c_in: int, c_out: int) -> nn.Module:
     """A plain layer like ``layer`` at the given widths (random weights: only its time matters)."""
     torch.manual_seed(0)
@@ -244,10 +193,7 @@ def latency_table(model: nn.Module, graph, runtime: str = "torch", *, threads: i
     curve (1: the full width only); see the module's docstring."""
     start = time.perf_counter()
     path = cache_file(runtime, threads, cache)
-    try:
-        stored = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        stored = {}
+    stored = read(path)
     modules = {call.module for call in graph.calls}
     shapes = _inputs(model, graph.example_inputs, modules)
     jobs = []
@@ -302,7 +248,7 @@ def latency_table(model: nn.Module, graph, runtime: str = "torch", *, threads: i
         stored[key] = dict(maps=maps, inside=table.inside, scale=table.scale, fixed=table.fixed)
         table.fitted = True
     if measured or table.fitted:
-        _store(path, stored)
+        store(path, stored)
     table.seconds = time.perf_counter() - start
     return table
 
@@ -314,7 +260,7 @@ def _fit_key(model: nn.Module, graph, runtime: str, points: int) -> str:
     classes = sorted({type(m) for m in model.modules()} | {type(backend(runtime))}, key=lambda c: c.__qualname__)
     dtypes = sorted({str(t.dtype) for t in (*model.parameters(), *model.buffers())})
     parts = [repr(model), repr(graph.calls), repr(graph.input_shapes), str(dtypes), str(points),
-             *(_source(f) or f.__qualname__ for f in (*classes, _half, _halved, _weigh, _map, _fit))]
+             *(source(f) or f.__qualname__ for f in (*classes, _half, _halved, _weigh, _map, _fit))]
     return "fit|" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -387,13 +333,6 @@ def _fit(table: LatencyTable, both: list, repeats: int) -> None:
     table.fixed = whole - table.scale * full
     if table.fixed < 0:   # never a negative rest: the layers scaled to the whole model instead
         table.scale, table.fixed = whole / max(full, 1e-9), 0.0
-
-
-def _store(path: Path, stored: dict) -> None:
-    from ..io import atomic_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path, overwrite=True) as tmp:   # our own cache file
-        tmp.write_text(json.dumps(stored, indent=0, sort_keys=True))
 
 
 def _bar(total: int, desc: str, show: bool):
